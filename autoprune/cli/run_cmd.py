@@ -1,0 +1,1 @@
+"""Placeholder: registered by its owner."""

@@ -1,0 +1,138 @@
+"""Scores → masks, mask verification, and the bit-packed mask transport format.
+
+A mask is a bool tensor shaped like the weight: True = keep. Every mask is built
+by `scores_to_mask` and checked by `verify_mask`, wherever it comes from (a
+built-in metric, a candidate in the sandbox). Depends on torch and numpy only:
+the sandbox worker imports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+
+from autoprune.errors import BadInputError, MaskError
+
+Group = Literal["row", "layer"]
+
+
+@dataclass(frozen=True)
+class SparsityPattern:
+    """Unstructured (n = m = 0) or N:M: in every M consecutive inputs of a row, N are kept."""
+
+    n: int = 0
+    m: int = 0
+
+    @classmethod
+    def parse(cls, text: Optional[str]) -> "SparsityPattern":
+        if text in (None, "", "unstructured"):
+            return cls()
+        try:
+            n, m = (int(v) for v in str(text).split(":"))
+        except ValueError as exc:
+            raise BadInputError(f"pattern {text!r} is not 'unstructured' or 'N:M' (e.g. 2:4)") from exc
+        if not 0 < n < m:
+            raise BadInputError(f"pattern {text!r}: need 0 < N < M")
+        return cls(n, m)
+
+    @property
+    def structured(self) -> bool:
+        return self.m > 0
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.n / self.m if self.m else float("nan")
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}" if self.m else "unstructured"
+
+
+def pruned_count(shape: tuple[int, int], sparsity: float, group: Group, pattern: SparsityPattern) -> int:
+    """How many weights a verified mask of this shape must prune (exactly)."""
+    rows, cols = shape
+    if pattern.structured:
+        return rows * (cols // pattern.m) * (pattern.m - pattern.n)
+    if group == "row":
+        return rows * int(cols * sparsity)
+    return int(rows * cols * sparsity)
+
+
+def check_pattern_fits(shape: tuple[int, int], pattern: SparsityPattern, name: str = "layer") -> None:
+    if pattern.structured and shape[1] % pattern.m:
+        raise BadInputError(
+            f"pattern {pattern} does not divide {name}: in_features={shape[1]} is not a multiple of {pattern.m}")
+
+
+def scores_to_mask(
+    scores: torch.Tensor, sparsity: float, *, group: Group = "row",
+    pattern: SparsityPattern = SparsityPattern(),
+) -> torch.Tensor:
+    """Keep the highest-scoring weights: prune exactly `pruned_count` lowest ones.
+
+    Ties are broken by a stable sort (lower index pruned first), so the same
+    scores always give the same mask, in the sandbox and on the host.
+    """
+    if scores.dim() != 2:
+        raise MaskError(f"scores must be 2-D, got shape {tuple(scores.shape)}")
+    if not torch.isfinite(scores).all():
+        raise MaskError("scores contain NaN or infinite values")
+    scores = scores.detach().to(torch.float32)
+    rows, cols = scores.shape
+    mask = torch.ones(rows, cols, dtype=torch.bool)
+    if pattern.structured:
+        check_pattern_fits((rows, cols), pattern)
+        blocks = scores.reshape(rows, cols // pattern.m, pattern.m)
+        order = torch.sort(blocks, dim=-1, stable=True).indices[..., : pattern.m - pattern.n]
+        blocks_mask = torch.ones_like(blocks, dtype=torch.bool).scatter_(-1, order, False)
+        return blocks_mask.reshape(rows, cols)
+    k = pruned_count((rows, cols), sparsity, group, pattern)
+    if group == "row":
+        order = torch.sort(scores, dim=1, stable=True).indices[:, : k // max(rows, 1)]
+        return mask.scatter_(1, order, False)
+    order = torch.sort(scores.flatten(), stable=True).indices[:k]
+    return mask.flatten().scatter_(0, order, False).reshape(rows, cols)
+
+
+def verify_mask(
+    mask: torch.Tensor, shape: tuple[int, int], sparsity: float, *, group: Group = "row",
+    pattern: SparsityPattern = SparsityPattern(), name: str = "layer",
+) -> None:
+    """Raise MaskError unless `mask` is a bool keep-mask of `shape` with the exact sparsity/pattern."""
+    if mask.dtype != torch.bool:
+        raise MaskError(f"{name}: mask dtype {mask.dtype}, expected bool")
+    if tuple(mask.shape) != tuple(shape):
+        raise MaskError(f"{name}: mask shape {tuple(mask.shape)}, expected {tuple(shape)}")
+    rows, cols = shape
+    pruned = (~mask).sum().item()
+    expected = pruned_count(shape, sparsity, group, pattern)
+    if pruned != expected:
+        raise MaskError(f"{name}: {pruned} weights pruned, expected exactly {expected}")
+    if pattern.structured:
+        kept = mask.reshape(rows, cols // pattern.m, pattern.m).sum(-1)
+        if not bool((kept == pattern.n).all()):
+            raise MaskError(f"{name}: not a {pattern} pattern")
+    elif group == "row":
+        per_row = (~mask).sum(1)
+        if not bool((per_row == int(cols * sparsity)).all()):
+            raise MaskError(f"{name}: rows do not all prune {int(cols * sparsity)} weights")
+
+
+def pack_mask(mask: torch.Tensor) -> bytes:
+    """Bit-pack a bool mask (row-major), 8 weights per byte."""
+    return np.packbits(mask.flatten().numpy().astype(np.uint8)).tobytes()
+
+
+def unpack_mask(data: bytes, shape: tuple[int, int]) -> torch.Tensor:
+    """Inverse of `pack_mask`; raises MaskError when the byte count does not fit the shape."""
+    numel = shape[0] * shape[1]
+    if len(data) != (numel + 7) // 8:
+        raise MaskError(f"packed mask has {len(data)} bytes, expected {(numel + 7) // 8} for {shape}")
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:numel]
+    return torch.from_numpy(bits.astype(bool)).reshape(shape)
+
+
+def mask_sparsity(mask: torch.Tensor) -> float:
+    return 1.0 - mask.float().mean().item()

@@ -1,0 +1,1 @@
+"""Trusted evaluators: verification and fitness. Never execute candidate source."""
