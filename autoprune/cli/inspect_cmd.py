@@ -1,0 +1,1 @@
+"""Placeholder: replay / report / plugins commands, registered by their owner."""
