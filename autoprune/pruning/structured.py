@@ -1,0 +1,160 @@
+"""Structured pruning: remove MLP channels and attention heads so the model really shrinks.
+
+Attention respects grouped-query attention: a key/value head and the query heads that
+share it (one "KV group") are kept or removed together, so the per-layer ratio of query
+to key/value heads never changes. Per-layer sizes are stored in the saved config
+(`autoprune_structure`) and `load_structured_model` rebuilds the smaller modules.
+Supported: the Llama family (Llama, Qwen2, Mistral, SmolLM2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autoprune.adapters import adapter_for
+from autoprune.errors import BadInputError, ModelLoadError
+from autoprune.pruning.stats import ActivationStats
+
+STRUCTURE_KEY = "autoprune_structure"
+
+
+@dataclass
+class LayerStructure:
+    intermediate: int    # MLP channels kept
+    kv_groups: int       # key/value heads kept (each with its query heads)
+
+
+def attention_geometry(model) -> tuple[int, int, int]:
+    """(head_dim, kv_heads, query heads per kv head) of the full model."""
+    config = model.config
+    if adapter_for(model).family != "llama":
+        raise BadInputError(f"structured pruning supports the Llama family, not {config.model_type!r}")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return head_dim, config.num_key_value_heads, config.num_attention_heads // config.num_key_value_heads
+
+
+def mlp_channel_importance(mlp: nn.Module, down_stats: ActivationStats) -> torch.Tensor:
+    """Per intermediate channel: ‖down_proj column‖₂ × ‖activation‖₂ (a structured Wanda score)."""
+    return mlp.down_proj.weight.detach().float().norm(dim=0) * down_stats.norm
+
+
+def kv_group_importance(attn: nn.Module, o_stats: ActivationStats, head_dim: int, group_size: int) -> torch.Tensor:
+    """Per KV group: the structured Wanda score of the o_proj input columns its query heads feed."""
+    column = attn.o_proj.weight.detach().float().norm(dim=0) * o_stats.norm
+    return column.reshape(-1, group_size * head_dim).sum(dim=1)
+
+
+def keep_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """Indices of the `keep` highest scores, in their original order (stable layout)."""
+    return torch.sort(torch.topk(scores, keep).indices).values
+
+
+def slice_linear(linear: nn.Linear, *, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
+    weight = linear.weight.detach()
+    weight = weight[rows] if rows is not None else weight
+    weight = weight[:, cols] if cols is not None else weight
+    bias = linear.bias.detach()[rows] if linear.bias is not None and rows is not None else linear.bias
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype, device=weight.device)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    return new
+
+
+def head_rows(groups: torch.Tensor, per_group: int, head_dim: int) -> torch.Tensor:
+    """Output rows of a projection for the kept groups (each `per_group` heads of `head_dim`)."""
+    width = per_group * head_dim
+    return torch.cat([torch.arange(g * width, (g + 1) * width) for g in groups.tolist()])
+
+
+def prune_block(block: nn.Module, structure: LayerStructure, mlp_scores: torch.Tensor,
+                group_scores: torch.Tensor, head_dim: int, group_size: int) -> None:
+    mlp, attn = block.mlp, block.self_attn
+    channels = keep_top(mlp_scores, structure.intermediate)
+    mlp.gate_proj = slice_linear(mlp.gate_proj, rows=channels)
+    mlp.up_proj = slice_linear(mlp.up_proj, rows=channels)
+    mlp.down_proj = slice_linear(mlp.down_proj, cols=channels)
+    groups = keep_top(group_scores, structure.kv_groups)
+    q_rows = head_rows(groups, group_size, head_dim)
+    kv_rows = head_rows(groups, 1, head_dim)
+    attn.q_proj = slice_linear(attn.q_proj, rows=q_rows)
+    attn.k_proj = slice_linear(attn.k_proj, rows=kv_rows)
+    attn.v_proj = slice_linear(attn.v_proj, rows=kv_rows)
+    attn.o_proj = slice_linear(attn.o_proj, cols=q_rows)
+
+
+def structure_for_rates(model, rates: list[float]) -> list[LayerStructure]:
+    """Per-layer sizes for removal rates in [0, 1): at least one channel group and one KV group stay."""
+    config = model.config
+    _, kv_heads, _ = attention_geometry(model)
+    if len(rates) != config.num_hidden_layers:
+        raise BadInputError(f"{len(rates)} rates for {config.num_hidden_layers} layers")
+    if any(not 0.0 <= r < 1.0 or math.isnan(r) for r in rates):
+        raise BadInputError("every layer rate must be in [0, 1)")
+    return [LayerStructure(intermediate=max(8, round(config.intermediate_size * (1 - r) / 8) * 8),
+                           kv_groups=max(1, round(kv_heads * (1 - r)))) for r in rates]
+
+
+def prune_structured(model, rates: list[float], stats: dict[str, ActivationStats]) -> list[LayerStructure]:
+    """Remove channels and KV groups in place, per layer, by `rates`; returns the new structure."""
+    adapter = adapter_for(model)
+    head_dim, _, group_size = attention_geometry(model)
+    structure = structure_for_rates(model, rates)
+    prefix = adapter.blocks_path
+    for index, (block, layer) in enumerate(zip(adapter.blocks(model), structure)):
+        mlp_scores = mlp_channel_importance(block.mlp, stats[f"{prefix}.{index}.mlp.down_proj"])
+        group_scores = kv_group_importance(block.self_attn, stats[f"{prefix}.{index}.self_attn.o_proj"],
+                                           head_dim, group_size)
+        prune_block(block, layer, mlp_scores, group_scores, head_dim, group_size)
+    setattr(model.config, STRUCTURE_KEY, [asdict(s) for s in structure])
+    return structure
+
+
+def decoder_parameter_count(model) -> int:
+    adapter = adapter_for(model)
+    return sum(p.numel() for block in adapter.blocks(model) for p in block.parameters())
+
+
+def resize_to_structure(model, structure: list[dict]) -> None:
+    """Replace full-size modules with empty ones of the saved per-layer sizes (before loading)."""
+    head_dim, _, group_size = attention_geometry(model)
+    for block, layer in zip(adapter_for(model).blocks(model), structure):
+        size = LayerStructure(**layer)
+        prune_block(block, size, torch.arange(model.config.intermediate_size, 0, -1).float(),
+                    torch.arange(model.config.num_key_value_heads, 0, -1).float(), head_dim, group_size)
+
+
+def load_structured_model(model_dir: str | Path, *, dtype: torch.dtype = torch.float32):
+    """Load a model saved after `prune_structured` (plain from_pretrained would refuse its shapes)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(model_dir)
+    config = AutoConfig.from_pretrained(folder)
+    structure = getattr(config, STRUCTURE_KEY, None)
+    if not structure:
+        raise ModelLoadError(f"{folder} has no '{STRUCTURE_KEY}' in its config: load it with transformers directly")
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    resize_to_structure(model, structure)
+    state = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(shard))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings
+    if missing or unexpected:
+        raise ModelLoadError(f"{folder}: weights do not fit the saved structure "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return model.eval()
+
+
+def save_structure_summary(structure: list[LayerStructure], folder: Path) -> None:
+    (Path(folder) / "structure.json").write_text(json.dumps([asdict(s) for s in structure], indent=2))

@@ -1,0 +1,67 @@
+"""Evaluators: local zero-shot data, lm-eval on the real model, latency, the registry."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoprune.errors import BadInputError, DataError
+from autoprune.evaluators.base import EvalRequest
+from autoprune.evaluators.latency import tokens_per_second
+from autoprune.evaluators.registry import get_evaluator
+from autoprune.evaluators.zeroshot_data import LOCAL_TASKS, write_local_task_file
+
+ZEROSHOT = Path(os.environ.get("AUTOPRUNE_TEST_ZEROSHOT",
+                               Path(__file__).resolve().parents[2] / "shared" / "data" / "zeroshot"))
+# Official split sizes (shared/data/zeroshot/PROVENANCE.md).
+EXPECTED_COUNTS = {"boolq": 3270, "rte": 277, "hellaswag": 10042, "winogrande": 1267,
+                   "arc_easy": 2376, "arc_challenge": 1172, "openbookqa": 500, "piqa": 1838}
+
+needs_data = pytest.mark.skipif(not ZEROSHOT.is_dir(), reason="shared zero-shot data not present")
+
+
+@needs_data
+@pytest.mark.parametrize("task", sorted(LOCAL_TASKS))
+def test_local_task_files_have_the_official_sizes(task, tmp_path):
+    path, count = write_local_task_file(task, ZEROSHOT, tmp_path)
+    assert count == EXPECTED_COUNTS[task]
+    assert path.read_text().count("\n") == count
+
+
+def test_unknown_task_and_missing_folder_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="unknown zero-shot task"):
+        write_local_task_file("mmlu", tmp_path, tmp_path / "out")
+    with pytest.raises(DataError, match="no local data for boolq"):
+        write_local_task_file("boolq", tmp_path, tmp_path / "out")
+
+
+@needs_data
+@pytest.mark.slow
+def test_zeroshot_through_lm_eval_on_the_embedded_model(embedded_model):
+    evaluator = get_evaluator("zeroshot")
+    request = EvalRequest(corpus=None, batch_size=8,
+                          options={"tasks": ["arc_easy", "piqa"], "data_dir": str(ZEROSHOT), "limit": 12})
+    first = evaluator.evaluate(embedded_model.model, embedded_model.tokenizer, request)
+    assert first.protocol["examples"] == {"arc_easy": 12, "piqa": 12}
+    for key in ("arc_easy/acc", "arc_easy/acc_norm", "piqa/acc"):
+        assert 0.0 <= first.metrics[key] <= 1.0
+    # Deterministic: the same model and examples give the same accuracies.
+    again = evaluator.evaluate(embedded_model.model, embedded_model.tokenizer, request)
+    assert again.metrics == first.metrics
+
+
+def test_latency_measures_a_real_forward(tiny_llama):
+    result = tokens_per_second(tiny_llama, seqlen=32, repeats=3)
+    assert result["tokens_per_s"] > 0 and math.isfinite(result["tokens_per_s"])
+    assert result["device"] == "cpu"
+
+
+def test_registry_finds_builtins_and_rejects_unknown():
+    assert get_evaluator("perplexity").name == "perplexity"
+    assert get_evaluator("latency").name == "latency"
+    with pytest.raises(BadInputError, match="unknown evaluator"):
+        get_evaluator("no-such-evaluator")

@@ -1,0 +1,74 @@
+"""Structured pruning: GQA-aware head groups and MLP channels are removed for real."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autoprune.adapters import adapter_for
+from autoprune.errors import BadInputError, ModelLoadError
+from autoprune.pruning.stats import RunningChannelStats
+from autoprune.pruning.structured import (decoder_parameter_count, load_structured_model, prune_structured,
+                                          structure_for_rates)
+
+
+def hooked_stats(model, ids):
+    """Dense input statistics of every target linear (one forward pass)."""
+    adapter = adapter_for(model)
+    running, hooks = {}, []
+    for i, block in enumerate(adapter.blocks(model)):
+        for name, module in adapter.linears(block).items():
+            key = f"{adapter.blocks_path}.{i}.{name}"
+            running[key] = RunningChannelStats(module.in_features)
+            hooks.append(module.register_forward_hook(lambda m, inp, out, k=key: running[k].update(inp[0])))
+    with torch.no_grad():
+        model(ids)
+    for hook in hooks:
+        hook.remove()
+    return {k: r.finish(layer_index=0, num_layers=1, name=k) for k, r in running.items()}
+
+
+def test_prune_shrinks_model_and_keeps_gqa_ratio(tiny_llama):
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+    before = decoder_parameter_count(tiny_llama)
+    structure = prune_structured(tiny_llama, [0.5, 0.0], hooked_stats(tiny_llama, ids))
+    assert [s.intermediate for s in structure] == [64, 128]
+    assert [s.kv_groups for s in structure] == [1, 2]
+    attn = tiny_llama.model.layers[0].self_attn
+    head_dim = 64 // 4
+    assert attn.k_proj.weight.shape[0] == 1 * head_dim
+    assert attn.q_proj.weight.shape[0] == 2 * head_dim  # 2 query heads share the kept KV head
+    assert decoder_parameter_count(tiny_llama) < before
+    with torch.no_grad():
+        logits = tiny_llama(ids).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_zero_rate_keeps_outputs_identical(tiny_llama):
+    ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        dense = tiny_llama(ids).logits
+    prune_structured(tiny_llama, [0.0, 0.0], hooked_stats(tiny_llama, ids))
+    with torch.no_grad():
+        assert torch.allclose(tiny_llama(ids).logits, dense, atol=1e-5)
+
+
+def test_save_and_reload_gives_the_same_logits(tiny_llama, tmp_path):
+    ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(2))
+    prune_structured(tiny_llama, [0.3, 0.6], hooked_stats(tiny_llama, ids))
+    tiny_llama.save_pretrained(tmp_path)
+    reloaded = load_structured_model(tmp_path)
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids).logits, tiny_llama(ids).logits, atol=1e-5)
+
+
+def test_bad_rates_and_unstructured_folders_are_clear_errors(tiny_llama, tiny_gpt2, tmp_path):
+    with pytest.raises(BadInputError, match="2 layers"):
+        structure_for_rates(tiny_llama, [0.5])
+    with pytest.raises(BadInputError, match=r"\[0, 1\)"):
+        structure_for_rates(tiny_llama, [0.5, 1.0])
+    with pytest.raises(BadInputError, match="Llama family"):
+        structure_for_rates(tiny_gpt2, [0.5, 0.5])
+    tiny_llama.save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match="autoprune_structure"):
+        load_structured_model(tmp_path)
