@@ -1,1 +1,5 @@
-"""Placeholder; filled by its owner."""
+"""The replay terminal UI (`autoprune-agent replay RUN_DIR`)."""
+
+from autoprune.tui.app import ReplayApp
+
+__all__ = ["ReplayApp"]

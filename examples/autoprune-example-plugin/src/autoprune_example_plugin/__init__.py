@@ -1,0 +1,1 @@
+"""Example plugin for autoprune-agent: one evaluator, one prompt set (see the README)."""

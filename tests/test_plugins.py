@@ -1,0 +1,139 @@
+"""Plugins: the example package installed with pip into a fresh venv, broken plugins reported, not fatal."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoprune.cli import main
+from autoprune.data import TextCorpus
+from autoprune.errors import BadInputError
+from autoprune.evaluators.base import EvalRequest, Evaluator
+from autoprune.evaluators.registry import get_evaluator
+from autoprune.plugins import discover, discover_all
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "autoprune-example-plugin"
+
+
+@pytest.fixture(scope="module")
+def plugin_venv(tmp_path_factory) -> Path:
+    """A fresh venv that sees this environment's packages (autoprune included) plus the pip-installed example."""
+    root = tmp_path_factory.mktemp("plugin-venv")
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    site = next((venv / "lib").glob("python*/site-packages"))
+    # addsitedir (not a bare path) so the editable install's own .pth finder is processed too.
+    (site / "host.pth").write_text(f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n")
+    # Built from a copy (setuptools leaves build/ and *.egg-info in the source tree) with this env's
+    # setuptools, installed there with the venv's own pip, offline.
+    source = shutil.copytree(EXAMPLE, root / "src", ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(root / "dist"), str(source)], check=True, cwd=root)
+    wheel = next((root / "dist").glob("autoprune_example_plugin-*.whl"))
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                    str(wheel)], check=True, cwd=root)
+    return venv
+
+
+def run_in(venv: Path, code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(venv / "bin" / "python"), "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, cwd=venv.parent, timeout=120)
+
+
+def test_installed_example_is_listed_as_loaded(plugin_venv):
+    done = run_in(plugin_venv, "from autoprune.cli import main; main(['plugins'])")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "next-token-accuracy" in out and "gcot-terse" in out
+    lines = out.splitlines()
+    for name in ("next-token-accuracy", "gcot-terse"):
+        at = next(i for i, line in enumerate(lines) if line.split()[:1] == [name])
+        assert lines[at].split()[1] == "loaded"
+        assert "from autoprune-example-plugin 0.1.0 at " in lines[at + 2]
+    assert "perplexity" in out                                   # built-ins use the same mechanism
+
+
+def test_installed_example_plugins_work_through_the_registries(plugin_venv):
+    done = run_in(plugin_venv, """
+        import json
+        from autoprune.evaluators.registry import get_evaluator
+        from autoprune.prompts import get_prompt_set, available_prompt_sets
+        terse = get_prompt_set("gcot-terse")
+        print(json.dumps({
+            "sets": available_prompt_sets(),
+            "evaluator": get_evaluator("next-token-accuracy").name,
+            "reflect": terse.render("reflect", results="c2: 37.5")[-1]["content"],
+            "hypothesise": terse.render("hypothesise")[-1]["content"],
+            "builtin_reflect": get_prompt_set("gcot").render("reflect", results="c2: 37.5")[-1]["content"],
+        }))
+    """)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert {"gcot", "gcot-terse"} <= set(got["sets"]) and got["evaluator"] == "next-token-accuracy"
+    assert "ONE lesson" in got["reflect"] and "c2: 37.5" in got["reflect"]        # the override
+    assert "ONE lesson" not in got["builtin_reflect"]                              # gcot itself unchanged
+    assert "HYPOTHESIS:" in got["hypothesise"]                                     # inherited from gcot
+
+
+def write_broken_distribution(folder: Path) -> None:
+    """An installed distribution (just its metadata) whose entry points cannot load."""
+    info = folder / "broken_plugin-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[autoprune.evaluators]\nghost = no_such_module_xyz:Evaluator\n\n"
+                                           "[autoprune.prompts]\nhalf = json:no_such_attribute\n")
+
+
+def test_broken_plugin_is_reported_not_fatal(tmp_path, monkeypatch, capsys):
+    write_broken_distribution(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ghost = next(p for p in discover("autoprune.evaluators") if p.name == "ghost")
+    assert not ghost.loaded and ghost.distribution == "broken-plugin"
+    assert ghost.error.startswith("ModuleNotFoundError") and ghost.origin == str(tmp_path.resolve())
+    assert any(p.name == "half" and "AttributeError" in p.error for p in discover_all())
+
+    main(["plugins"])                                          # returns normally: nothing fatal
+    out = capsys.readouterr().out
+    assert "ghost          BROKEN (ModuleNotFoundError" in out and "half           BROKEN (AttributeError" in out
+    assert "perplexity     loaded" in out
+    main(["plugins", "--json"])
+    listed = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
+    assert listed["ghost"]["loaded"] is False and listed["perplexity"]["loaded"] is True
+
+    assert get_evaluator("perplexity").name == "perplexity"   # the working ones still work
+    with pytest.raises(BadInputError, match="unknown evaluator 'ghost'"):
+        get_evaluator("ghost")
+
+
+class ByteTokenizer:
+    """Bytes as token ids (vocab 256), enough to feed the tiny random model real text."""
+
+    def __call__(self, text, return_tensors="pt", add_special_tokens=False):
+        class Encoded:
+            input_ids = torch.tensor([list(text.encode("utf-8"))])
+        return Encoded()
+
+
+def test_example_evaluator_implements_the_contract(tiny_llama, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLE / "src"))
+    from autoprune_example_plugin.evaluator import NextTokenAccuracyEvaluator
+
+    evaluator = NextTokenAccuracyEvaluator()
+    assert isinstance(evaluator, Evaluator)
+    text = "the quick brown fox jumps over the lazy dog. " * 40
+    corpus = TextCorpus("repeated pangram", text, lambda: text)
+    top1 = evaluator.evaluate(tiny_llama, ByteTokenizer(), EvalRequest(corpus, seqlen=32, nwindows=4))
+    assert 0.0 <= top1.metrics["top1_accuracy"] < 1.0
+    assert top1.protocol["nwindows"] == 4 and top1.protocol["split"] == "validation"
+    every = evaluator.evaluate(tiny_llama, ByteTokenizer(),
+                               EvalRequest(corpus, split="test", seqlen=32, nwindows=2, options={"top_k": 256}))
+    assert every.metrics == {"top256_accuracy": 1.0}        # the whole vocabulary always holds the next token
