@@ -58,3 +58,35 @@ def embedded_model():
     from autoprune.models import load_model
 
     return load_model()
+
+
+@pytest.fixture
+def tiny_windows():
+    """Eight random 32-token windows for calibration on the tiny models (vocab 256)."""
+    from autoprune.data import WindowSet
+
+    generator = torch.Generator().manual_seed(1)
+    return WindowSet(torch.randint(0, 256, (8, 32), generator=generator), "8x32 random tokens")
+
+
+@pytest.fixture(params=["tiny_llama", "tiny_opt", "tiny_gpt2"])
+def tiny_model(request):
+    """Each supported family in turn (Llama, OPT, GPT-2 with Conv1D)."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A saved tiny Llama with the embedded model's tokenizer (full vocabulary), for CLI / pipeline runs."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from autoprune.models import embedded_model_dir
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=49152, max_position_embeddings=256)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((embedded_model_dir() / name).read_bytes())
+    return folder

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from autoprune.errors import BadInputError, DataError
 from autoprune.evaluators.base import EvalRequest

@@ -21,6 +21,7 @@ app = typer.Typer(name="autoprune-agent", no_args_is_help=True, add_completion=F
 def register_commands() -> None:
     # Imported here so `--help` stays fast and each module registers its own commands.
     from autoprune.cli import inspect_cmd, prune_cmd, run_cmd, sandbox_cmd  # noqa: F401
+    from autoprune.cli import rates_cmd  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

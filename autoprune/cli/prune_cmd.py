@@ -1,1 +1,102 @@
-"""Placeholder: registered by its owner."""
+"""`autoprune-agent prune` and `autoprune-agent eval`: parse, call one library function, print."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from autoprune.cli import app
+
+
+@app.command("prune")
+def prune(
+    method: str = typer.Option(..., help="wanda | magnitude | sparsegpt | ria | pruner-zero | FILE.py"),
+    sparsity: float = typer.Option(..., help="target fraction of weights removed, in (0, 1)"),
+    pattern: str = typer.Option("unstructured", help="unstructured | 2:4 | 4:8 (N:M)"),
+    allocation: str = typer.Option("uniform", help="uniform | owl | sdsa (layer-wise sparsity)"),
+    model: Optional[str] = typer.Option(None, help="hub id, local folder, .gguf file, or 'embedded'"),
+    data: Optional[str] = typer.Option(None, help="data folder, 'wikitext2' (hub) or 'self'"),
+    nsamples: int = typer.Option(16, help="calibration windows"),
+    seqlen: int = typer.Option(512, help="tokens per window"),
+    eval_windows: Optional[int] = typer.Option(None, help="test windows for perplexity (default: all)"),
+    mode: str = typer.Option("sequential", help="sequential | one-shot calibration"),
+    reconstruct: bool = typer.Option(False, "--reconstruct", help="OBS update of surviving weights"),
+    seed: int = typer.Option(0, help="calibration sampling seed"),
+    out: Optional[str] = typer.Option(None, help="export the pruned model (safetensors) here"),
+    sandbox: str = typer.Option("docker", help="sandbox backend for FILE.py: docker | process"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Prune a model with a baseline metric, SparseGPT, or a candidate file."""
+    from autoprune.pruning.config import PruneConfig, make_config
+    from autoprune.pruning.pipeline import run_prune_job
+
+    config = make_config(PruneConfig, method=method, sparsity=sparsity, pattern=pattern, allocation=allocation,
+                         model=model, data=data, nsamples=nsamples, seqlen=seqlen, eval_windows=eval_windows,
+                         mode=mode, reconstruct=reconstruct, seed=seed, out=out, sandbox=sandbox,
+                         progress=not as_json)
+    result = run_prune_job(config)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+    else:
+        print_prune_result(result)
+
+
+@app.command("eval")
+def evaluate(
+    model_dir: str = typer.Argument(..., help="model folder (e.g. from prune --out), hub id or .gguf"),
+    data: Optional[str] = typer.Option(None, help="data folder, 'wikitext2' (hub) or 'self'"),
+    seqlen: int = typer.Option(512, help="tokens per window"),
+    windows: Optional[int] = typer.Option(None, help="test windows (default: all)"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Test-split perplexity of a model (Wanda/SparseGPT protocol)."""
+    from autoprune.pruning.config import EvalConfig, make_config
+    from autoprune.pruning.pipeline import run_eval_job
+
+    config = make_config(EvalConfig, model=model_dir, data=data, seqlen=seqlen, windows=windows,
+                         progress=not as_json)
+    result = run_eval_job(config)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+    else:
+        print_eval_result(result)
+
+
+def fmt(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_prune_result(result: dict) -> None:
+    table = Table(title=f"{result['model']}: {result['method']} ({result['allocation']}, {result['pattern']})")
+    for column in ("", "value"):
+        table.add_column(column)
+    ppl = result["perplexity"]
+    rows = [("dense perplexity", fmt(ppl["dense"])), ("pruned perplexity", fmt(ppl["pruned"])),
+            ("target sparsity", fmt(result["target_sparsity"], 4)),
+            ("measured sparsity", fmt(result["overall_sparsity"], 4)),
+            ("block sparsity", " ".join(f"{s:.3f}" for s in result["block_sparsity"])),
+            ("mode", result["mode"] + (" + OBS reconstruction" if result["reconstruct"] else "")),
+            ("prune time (s)", fmt(result["timings"]["total_s"], 1)),
+            ("peak memory (MiB)", fmt(result["peak_rss_mb"], 0)),
+            ("calibration", result["protocol"]["calibration"]), ("test", result["protocol"]["test"])]
+    if result.get("exported_to"):
+        rows.append(("exported to", result["exported_to"]))
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+def print_eval_result(result: dict) -> None:
+    table = Table(title=result["model"])
+    table.add_column("")
+    table.add_column("value")
+    table.add_row("perplexity", fmt(result["perplexity"]))
+    table.add_row("sparsity (target linears)", fmt(result["sparsity"], 4))
+    table.add_row("test", result["protocol"]["test"])
+    if result.get("pruning_summary"):
+        table.add_row("pruned with", f"{result['pruning_summary']['method']} / {result['pruning_summary']['allocation']}")
+    Console().print(table)

@@ -1,1 +1,78 @@
-"""Placeholder: registered by its owner."""
+"""`autoprune-agent run`: parse flags, call `run_agent`, print the summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from autoprune.cli import app
+
+
+@app.command("run")
+def run(
+    budget: int = typer.Option(50, help="candidate programs sent to the sandbox (seeds excluded)"),
+    model: Optional[str] = typer.Option(None, help="hub id, local folder, .gguf file (default: embedded)"),
+    sparsity: float = typer.Option(0.5, help="target fraction of weights removed, in (0, 1)"),
+    pattern: str = typer.Option("unstructured", help="unstructured | 2:4 (N:M)"),
+    llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint (default: embedded LLM)"),
+    llm_model: Optional[str] = typer.Option(None, help="model name at --llm-base-url"),
+    sandbox: str = typer.Option("docker", help="docker | process (process: no container isolation)"),
+    gpus: Optional[str] = typer.Option(None, help="all | 0,1 (default: CPU)"),
+    data: Optional[str] = typer.Option(None, help="data folder, 'wikitext2' (hub) or 'self'"),
+    out: Optional[Path] = typer.Option(None, help="run folder (default: runs/<time>-s<seed>)"),
+    resume: Optional[Path] = typer.Option(None, help="continue the run in this folder"),
+    seed: int = typer.Option(0, help="seed for calibration sampling and LLM sampling"),
+    nsamples: Optional[int] = typer.Option(None, help="calibration windows (default 64)"),
+    seqlen: Optional[int] = typer.Option(None, help="tokens per window (default 512)"),
+    fitness_levels: Optional[str] = typer.Option(None, help="windows per fidelity level, e.g. 2,8,32"),
+    test_windows: Optional[int] = typer.Option(None, help="test windows of the final evaluation (default: all)"),
+    code_style: Optional[str] = typer.Option(None, help="auto | program | expression"),
+    llm_max_tokens: Optional[int] = typer.Option(None, help="cap on each LLM reply (default 768)"),
+    reconstruct: bool = typer.Option(False, "--reconstruct", help="also report the winner with OBS reconstruction"),
+    as_json: bool = typer.Option(False, "--json", help="print a machine-readable summary at the end"),
+) -> None:
+    """Search pruning metrics with the LLM agent, then prune with the winner + SDSA."""
+    from autoprune.agent.config import make_config
+    from autoprune.agent.run import run_agent
+
+    if resume is not None:
+        summary = run_agent(resume=resume, live=not as_json)
+    else:
+        levels = [int(v) for v in fitness_levels.split(",")] if fitness_levels else None
+        config = make_config(budget=budget, model=model, sparsity=sparsity, pattern=pattern,
+                             llm_base_url=llm_base_url, llm_model=llm_model, sandbox=sandbox, gpus=gpus, data=data,
+                             out=out, seed=seed, calibration_samples=nsamples, seqlen=seqlen,
+                             fitness_levels=levels, test_windows=test_windows, code_mode=code_style,
+                             llm_max_tokens=llm_max_tokens,
+                             reconstruct=reconstruct or None)
+        summary = run_agent(config, live=not as_json)
+    if as_json:
+        typer.echo(json.dumps(summary.to_dict(), indent=2, default=str))
+    else:
+        print_summary(summary.to_dict())
+
+
+def fmt(value) -> str:
+    return "-" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def print_summary(s: dict) -> None:
+    table = Table(title=f"run {s['run_id']}", show_header=False)
+    best = s.get("best") or {}
+    rows = [("best candidate", f"{best.get('id', '-')} ({best.get('hypothesis', '')})"),
+            ("best validation ppl", fmt(best.get("fitness"))), ("Wanda, same windows", fmt(s.get("wanda_fitness"))),
+            ("beats Wanda", fmt(s.get("beats_wanda")))]
+    rows += [(f"test ppl {k}", fmt(v)) for k, v in s.get("test", {}).items()]
+    rows += [("verdicts", ", ".join(f"{k} {v}" for k, v in s.get("verdicts", {}).items()) or "-"),
+             ("budget", f"{s['budget_used']}/{s['budget']} ({s.get('stop_reason') or '-'})"),
+             ("time (s)", ", ".join(f"{k} {v:.1f}" for k, v in s.get("timings", {}).items())),
+             ("tokens", f"{s['tokens'].get('prompt', 0)} prompt + {s['tokens'].get('completion', 0)} completion"),
+             ("report", fmt(s.get("report"))), ("pruned model", fmt(s.get("export")))]
+    for key, value in rows:
+        table.add_row(key, value)
+    Console().print(table)

@@ -91,15 +91,27 @@ def prune_block(block: nn.Module, structure: LayerStructure, mlp_scores: torch.T
 
 
 def structure_for_rates(model, rates: list[float]) -> list[LayerStructure]:
-    """Per-layer sizes for removal rates in [0, 1): at least one channel group and one KV group stay."""
+    """Per-layer sizes for removal rates in [0, 1): a rate is the fraction of the layer's linear
+    parameters removed. KV groups are whole (SmolLM2-135M has 3), so attention is rounded first
+    and the MLP channels (multiples of 8) absorb the difference: the parameters kept then track
+    `1 - rate` closely instead of jumping with the KV rounding. At least 8 channels and one KV
+    group stay (so rates near 1 may keep a little more than asked)."""
     config = model.config
-    _, kv_heads, _ = attention_geometry(model)
+    head_dim, kv_heads, group_size = attention_geometry(model)
     if len(rates) != config.num_hidden_layers:
         raise BadInputError(f"{len(rates)} rates for {config.num_hidden_layers} layers")
     if any(not 0.0 <= r < 1.0 or math.isnan(r) for r in rates):
         raise BadInputError("every layer rate must be in [0, 1)")
-    return [LayerStructure(intermediate=max(8, round(config.intermediate_size * (1 - r) / 8) * 8),
-                           kv_groups=max(1, round(kv_heads * (1 - r)))) for r in rates]
+    per_group = (2 * group_size + 2) * head_dim * config.hidden_size     # q, o of its heads; k, v
+    per_channel = 3 * config.hidden_size                                 # gate, up rows; down column
+    full = kv_heads * per_group + config.intermediate_size * per_channel
+    structure = []
+    for r in rates:
+        groups = max(1, round(kv_heads * (1 - r)))
+        channels = ((1 - r) * full - groups * per_group) / per_channel
+        channels = min(config.intermediate_size, max(8, round(channels / 8) * 8))
+        structure.append(LayerStructure(intermediate=int(channels), kv_groups=groups))
+    return structure
 
 
 def prune_structured(model, rates: list[float], stats: dict[str, ActivationStats]) -> list[LayerStructure]:

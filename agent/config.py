@@ -1,0 +1,129 @@
+"""`RunConfig`: everything one agent run needs, validated once (bad values -> BadInputError).
+
+The CLI builds it from flags; a Python user builds it directly. It is written to
+`config.json` in the run folder so `--resume` continues with exactly the same
+settings.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from autoprune.errors import BadInputError
+from autoprune.pruning.masks import SparsityPattern
+
+CONFIG_FILE = "config.json"
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    budget: int = Field(50, ge=1, description="candidate programs sent to the sandbox (seeds excluded)")
+    model: Optional[str] = Field(None, description="hub id, local folder, .gguf, or None for the embedded model")
+    sparsity: float = Field(0.5, gt=0.0, lt=1.0)
+    pattern: str = "unstructured"
+    llm_base_url: Optional[str] = None
+    llm_model: Optional[str] = None
+    sandbox: Literal["docker", "process"] = "docker"
+    gpus: Optional[str] = None
+    data: Optional[str] = None
+    out: Optional[Path] = None
+    seed: int = 0
+    # Protocol knobs (reports state them).
+    calibration_samples: int = Field(64, ge=1)
+    seqlen: int = Field(512, ge=16)
+    fitness_levels: list[int] = Field(default_factory=lambda: [2, 8, 32])
+    test_windows: Optional[int] = Field(None, ge=1, description="None = the whole test split")
+    # Search knobs.
+    elite_k: int = Field(5, ge=1)
+    max_repairs: int = Field(2, ge=0)
+    max_llm_calls: Optional[int] = Field(None, ge=1, description="default: 6 per budgeted candidate + 10")
+    max_tokens: Optional[int] = Field(None, ge=1, description="default: 20000 per budgeted candidate")
+    code_mode: Literal["auto", "program", "expression"] = "auto"
+    temperature: float = Field(0.8, ge=0.0, le=2.0)
+    llm_max_tokens: int = Field(768, ge=16, description="cap per reply; short-answer nodes ask for less")
+    llm_timeout_s: float = Field(600.0, gt=0, description="per request; a CPU-served model can be slow")
+    reconstruct: bool = False
+    sdsa_lambdas: list[float] = Field(default_factory=lambda: [0.04, 0.08])
+    candidate_timeout_s: float = Field(600.0, gt=0)
+    export_model: bool = True
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_parses(cls, value: str) -> str:
+        return str(SparsityPattern.parse(value))
+
+    @field_validator("fitness_levels")
+    @classmethod
+    def _levels_increase(cls, value: list[int]) -> list[int]:
+        if not value or any(n < 1 for n in value) or sorted(set(value)) != list(value):
+            raise ValueError("fitness levels must be strictly increasing window counts >= 1, e.g. 2,8,32")
+        return value
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus_form(cls, value: Optional[str]) -> Optional[str]:
+        if value in (None, "", "none"):
+            return None
+        if value != "all" and not all(p.strip().isdigit() for p in value.split(",")):
+            raise ValueError("--gpus takes 'all' or a comma-separated list of indices, e.g. 0,1")
+        return value
+
+    @model_validator(mode="after")
+    def _llm_pair(self) -> "RunConfig":
+        if self.llm_model and not self.llm_base_url:
+            raise ValueError("--llm-model needs --llm-base-url (without both, the embedded LLM is used)")
+        return self
+
+    @property
+    def sparsity_pattern(self) -> SparsityPattern:
+        return SparsityPattern.parse(self.pattern)
+
+    @property
+    def llm_call_cap(self) -> int:
+        return self.max_llm_calls or 6 * self.budget + 10
+
+    @property
+    def token_cap(self) -> int:
+        return self.max_tokens or 20000 * self.budget
+
+    @property
+    def uses_embedded_llm(self) -> bool:
+        return not self.llm_base_url
+
+    def save(self, run_dir: Path) -> Path:
+        path = Path(run_dir) / CONFIG_FILE
+        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        return path
+
+
+def make_config(**values) -> RunConfig:
+    """Build a RunConfig, turning pydantic's errors into one clear BadInputError line."""
+    try:
+        return RunConfig(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        raise BadInputError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ())) or "config"
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}")
+    return "invalid run settings: " + "; ".join(parts)
+
+
+def load_config(run_dir: Path) -> RunConfig:
+    """The config a run folder was started with (for --resume)."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise BadInputError(f"{run_dir} is not a run folder (no {CONFIG_FILE})")
+    try:
+        return RunConfig(**json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise BadInputError(f"{path} is corrupt: {str(exc).splitlines()[0]}") from None

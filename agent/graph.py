@@ -1,0 +1,108 @@
+"""The GCoT graph: nodes, edges and the routing decisions between them.
+
+    START -> verify (generation-0 seeds) -> evaluate -> tournament -> analyse
+    analyse -> hypothesise -> write_code -> verify -> evaluate -> tournament -> reflect
+    verify --failure, repairs left--> write_code (with the exact error)
+    tournament --promotions--> evaluate (successive halving to higher fidelity)
+    reflect -> hypothesise, until the budget is spent -> finalize -> END
+
+Each node is a function `(state, services) -> partial update`; `build_graph`
+binds the services and wraps every node so it is traced (entered/left, seconds).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Callable
+
+from langgraph.graph import END, START, StateGraph
+
+from autoprune.agent.nodes.analyse import analyse
+from autoprune.agent.nodes.evaluate import evaluate
+from autoprune.agent.nodes.finalize import finalize
+from autoprune.agent.nodes.hypothesise import hypothesise
+from autoprune.agent.nodes.reflect import reflect
+from autoprune.agent.nodes.tournament import tournament
+from autoprune.agent.nodes.verify import verify
+from autoprune.agent.nodes.write_code import write_code
+from autoprune.agent.services import AgentServices
+from autoprune.agent.state import AgentState
+
+NODES: dict[str, Callable] = {
+    "analyse": analyse, "hypothesise": hypothesise, "write_code": write_code, "verify": verify,
+    "evaluate": evaluate, "tournament": tournament, "reflect": reflect, "finalize": finalize,
+}
+
+
+def can_repair(state: AgentState, services: AgentServices) -> bool:
+    return (bool(state.get("last_error")) and int(state.get("repairs", 0)) <= services.config.max_repairs
+            and services.budget.can_submit(state))
+
+
+def after_write_code(state: AgentState, services: AgentServices) -> str:
+    if state.get("queue"):
+        return "verify"
+    return "write_code" if can_repair(state, services) else "reflect"
+
+
+def after_verify(state: AgentState, services: AgentServices) -> str:
+    if state.get("queue"):
+        return "verify"
+    if state.get("pending_evals"):
+        return "evaluate"
+    if state.get("phase") == "seeding":
+        return "tournament"
+    return "write_code" if can_repair(state, services) else "reflect"
+
+
+def after_tournament(state: AgentState, services: AgentServices) -> str:
+    if state.get("pending_evals"):
+        return "evaluate"
+    if state.get("phase") == "seeding":
+        return "analyse" if services.budget.can_submit(state) else "finalize"
+    return "reflect"
+
+
+def next_or_finish(state: AgentState, services: AgentServices) -> str:
+    return "hypothesise" if services.budget.can_submit(state) else "finalize"
+
+
+def traced(name: str, node: Callable, services: AgentServices) -> Callable[[AgentState], dict]:
+    """Bind the services; trace entry/exit with timing; tell the live view."""
+
+    @functools.wraps(node)
+    def run(state: AgentState) -> dict:
+        generation = int(state.get("generation", 0))
+        services.trace.emit("node_entered", node=name, generation=generation)
+        if services.on_update is not None:
+            services.on_update(name, {})
+        started = time.perf_counter()
+        update = node(state, services)
+        services.trace.emit("node_left", node=name, generation=int(update.get("generation", generation)),
+                            seconds=round(time.perf_counter() - started, 3))
+        if name == "reflect" or (name == "tournament" and not update.get("pending_evals")
+                                 and state.get("phase") == "seeding"):
+            update.setdefault("stop_reason", services.budget.stop_reason({**state, **update}))
+        return update
+
+    return run
+
+
+def build_graph(services: AgentServices, checkpointer=None):
+    """The compiled graph, with `services` bound to every node."""
+    graph = StateGraph(AgentState)
+    for name, node in NODES.items():
+        graph.add_node(name, traced(name, node, services))
+    bind = lambda route: functools.partial(route, services=services)  # noqa: E731
+    graph.add_edge(START, "verify")
+    graph.add_edge("analyse", "hypothesise")
+    graph.add_edge("hypothesise", "write_code")
+    graph.add_conditional_edges("write_code", bind(after_write_code), ["verify", "write_code", "reflect"])
+    graph.add_conditional_edges("verify", bind(after_verify),
+                                ["verify", "evaluate", "tournament", "write_code", "reflect"])
+    graph.add_edge("evaluate", "tournament")
+    graph.add_conditional_edges("tournament", bind(after_tournament), ["evaluate", "analyse", "reflect", "finalize"])
+    graph.add_conditional_edges("reflect", bind(next_or_finish), ["hypothesise", "finalize"])
+    graph.add_edge("finalize", END)
+    return graph.compile(checkpointer=checkpointer)

@@ -1,0 +1,187 @@
+"""The one way the agent talks to an LLM: the official `openai` client, our retries.
+
+Any OpenAI-compatible endpoint works (OpenAI, vLLM, Ollama, llama.cpp,
+`transformers serve`, the embedded loopback server). The client's own retries
+are switched off (`max_retries=0`) so that one loop here decides what is worth
+retrying: rate limits (429), server errors (5xx), dropped connections and
+timeouts back off exponentially with jitter; any other 4xx is the user's to fix
+and fails at once with one clear line. Tokens are counted per graph node, and
+call / token caps raise `LLMBudgetExceeded` before a request is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+from urllib.parse import urlparse
+
+import openai
+
+from autoprune.errors import LLMError
+
+API_KEY_ENV = "AUTOPRUNE_LLM_API_KEY"
+FALLBACK_KEY_ENV = "OPENAI_API_KEY"
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+# A local server (embedded, Ollama, llama.cpp, vLLM) needs no key, but the client insists on one.
+DUMMY_KEY = "sk-local-no-key-needed"
+
+
+class LLMBudgetExceeded(LLMError):
+    """The run's LLM call or token cap is reached; no request was sent."""
+
+
+class LLMUnusableReply(LLMError):
+    """The endpoint answered, but not with a chat completion (garbage, empty choices)."""
+
+
+@dataclass(frozen=True)
+class LLMReply:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    model: str
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def resolve_api_key(base_url: str, api_key_env: str = API_KEY_ENV) -> str:
+    """The key from the environment; a dummy one for loopback endpoints; else a clear error."""
+    key = os.environ.get(api_key_env) or os.environ.get(FALLBACK_KEY_ENV)
+    if key:
+        return key
+    if (urlparse(base_url).hostname or "") in LOOPBACK_HOSTS:
+        return DUMMY_KEY
+    raise LLMError(f"no API key for {base_url}: set {api_key_env} (or {FALLBACK_KEY_ENV})")
+
+
+def is_retryable(exc: Exception) -> bool:
+    """Transient failures worth another try: 429, 5xx, connection drops, timeouts, garbage bodies."""
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
+        return True   # APITimeoutError is a subclass of APIConnectionError; both transient
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code == 429 or exc.status_code >= 500
+    # A body that is not a completion (truncated JSON, an HTML error page from a proxy) is
+    # usually a hiccup of the server or something in front of it: worth another try.
+    return isinstance(exc, (LLMUnusableReply, json.JSONDecodeError, openai.APIResponseValidationError))
+
+
+def backoff_seconds(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter (attempt 0 -> up to `base`)."""
+    return random.uniform(0.5, 1.0) * min(cap, base * (2 ** attempt))
+
+
+class LLMClient:
+    """Chat completions with retries, per-node token accounting and caps."""
+
+    def __init__(self, base_url: str, model: str, *, api_key_env: str = API_KEY_ENV,
+                 timeout: float = 120.0, max_retries: int = 4, max_total_tokens: Optional[int] = None,
+                 max_calls: Optional[int] = None, backoff_base: float = 1.0, backoff_cap: float = 30.0,
+                 on_call: Optional[Callable[[dict, dict], None]] = None):
+        self.base_url, self.model = base_url.rstrip("/"), model
+        self.max_retries, self.max_total_tokens, self.max_calls = max_retries, max_total_tokens, max_calls
+        self.backoff_base, self.backoff_cap, self.on_call = backoff_base, backoff_cap, on_call
+        self._client = openai.OpenAI(base_url=self.base_url, api_key=resolve_api_key(base_url, api_key_env),
+                                     timeout=timeout, max_retries=0)
+        self.calls = 0
+        self._usage: dict[str, dict[str, float]] = {}
+
+    # ---- accounting ----
+    def usage_by_node(self) -> dict[str, dict[str, float]]:
+        """node -> {calls, prompt_tokens, completion_tokens, seconds} (a copy)."""
+        return {node: dict(u) for node, u in self._usage.items()}
+
+    @property
+    def total_tokens(self) -> int:
+        return int(sum(u["prompt_tokens"] + u["completion_tokens"] for u in self._usage.values()))
+
+    def _check_caps(self) -> None:
+        if self.max_calls is not None and self.calls >= self.max_calls:
+            raise LLMBudgetExceeded(f"LLM call cap reached ({self.calls}/{self.max_calls} calls)")
+        if self.max_total_tokens is not None and self.total_tokens >= self.max_total_tokens:
+            raise LLMBudgetExceeded(
+                f"LLM token cap reached ({self.total_tokens}/{self.max_total_tokens} tokens)")
+
+    def _account(self, node: str, reply: LLMReply) -> None:
+        u = self._usage.setdefault(node, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                                          "seconds": 0.0})
+        u["calls"] += 1
+        u["prompt_tokens"] += reply.prompt_tokens
+        u["completion_tokens"] += reply.completion_tokens
+        u["seconds"] = round(u["seconds"] + reply.seconds, 3)
+
+    # ---- the call ----
+    def chat(self, messages: list[dict], *, node: str, temperature: float = 0.7, max_tokens: int = 512,
+             seed: Optional[int] = None) -> LLMReply:
+        """One chat completion; retries transient failures; raises LLMError subclasses."""
+        self._check_caps()
+        request = {"model": self.model, "messages": messages, "temperature": temperature,
+                   "max_tokens": max_tokens}
+        if seed is not None:
+            request["seed"] = seed
+        started = time.perf_counter()
+        reply = self._with_retries(request, started)
+        self.calls += 1
+        self._account(node, reply)
+        if self.on_call is not None:
+            self.on_call({"node": node, **request},
+                         {"text": reply.text, "prompt_tokens": reply.prompt_tokens,
+                          "completion_tokens": reply.completion_tokens, "seconds": reply.seconds,
+                          "model": reply.model})
+        return reply
+
+    def _with_retries(self, request: dict, started: float) -> LLMReply:
+        for attempt in range(self.max_retries + 1):
+            try:
+                return self._once(request, started)
+            except Exception as exc:  # classified below: transient -> retry, else one clear line
+                if not is_retryable(exc):
+                    raise self._actionable(exc) from exc
+                if attempt == self.max_retries:
+                    raise LLMError(f"LLM endpoint {self.base_url} still failing after "
+                                   f"{attempt + 1} attempts: {describe(exc)}") from exc
+                time.sleep(backoff_seconds(attempt, self.backoff_base, self.backoff_cap))
+        raise AssertionError("unreachable")
+
+    def _once(self, request: dict, started: float) -> LLMReply:
+        response = self._client.chat.completions.create(**request)
+        choices = getattr(response, "choices", None)
+        if not choices or getattr(choices[0], "message", None) is None:
+            raise LLMUnusableReply(f"LLM endpoint {self.base_url} returned no choices")
+        text = choices[0].message.content or ""
+        usage = getattr(response, "usage", None)
+        return LLMReply(text=text, prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+                        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+                        seconds=round(time.perf_counter() - started, 3),
+                        model=str(getattr(response, "model", None) or self.model))
+
+    def _actionable(self, exc: Exception) -> LLMError:
+        if isinstance(exc, LLMError):
+            return exc
+        if isinstance(exc, openai.AuthenticationError):
+            return LLMError(f"LLM endpoint {self.base_url} rejected the API key (401): "
+                            f"check {API_KEY_ENV}")
+        if isinstance(exc, openai.PermissionDeniedError):
+            return LLMError(f"LLM endpoint {self.base_url} denied access (403): {describe(exc)}")
+        if isinstance(exc, openai.NotFoundError):
+            return LLMError(f"LLM endpoint {self.base_url} has no such route or model "
+                            f"'{self.model}' (404): check --llm-base-url (usually ends in /v1) "
+                            "and --llm-model")
+        if isinstance(exc, openai.APIStatusError):
+            return LLMError(f"LLM endpoint {self.base_url} refused the request "
+                            f"({exc.status_code}): {describe(exc)}")
+        if isinstance(exc, openai.APIResponseValidationError):
+            return LLMUnusableReply(f"LLM endpoint {self.base_url} sent an invalid reply: {describe(exc)}")
+        return LLMError(f"LLM call to {self.base_url} failed: {describe(exc)}")
+
+
+def describe(exc: Exception) -> str:
+    """One line, no traceback, bounded length."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text[:300]}"

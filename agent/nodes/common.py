@@ -1,0 +1,76 @@
+"""Helpers every node shares: one accounted LLM call, archive entries for prompts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autoprune.agent.archive import read_source
+from autoprune.agent.insights import InsightGraph
+from autoprune.agent.llm_journal import Exchange
+from autoprune.agent.services import AgentServices
+from autoprune.agent.state import AgentState, add_timing
+
+NODE_SEED_OFFSETS = {"analyse": 1, "hypothesise": 2, "write_code": 3, "reflect": 4}
+# Replies asked for are short (bullets, one line, one expression): a CPU-served model should not ramble on.
+NODE_MAX_TOKENS = {"analyse": 200, "hypothesise": 120, "reflect": 200}
+EXPRESSION_MAX_TOKENS = 160
+
+
+def max_tokens_for(services: AgentServices, node: str) -> int:
+    limit = services.config.llm_max_tokens
+    if node == "write_code":
+        return min(limit, EXPRESSION_MAX_TOKENS) if services.context.code_style == "expression" else limit
+    return min(limit, NODE_MAX_TOKENS.get(node, limit))
+
+
+def llm_seed(services: AgentServices, state: AgentState, node: str, attempt: int = 0) -> int:
+    """Deterministic per (run seed, generation, node, attempt): a rerun samples the same replies."""
+    return (services.config.seed * 100_000 + int(state.get("generation", 0)) * 100
+            + NODE_SEED_OFFSETS.get(node, 0) * 10 + attempt)
+
+
+def ask(services: AgentServices, state: AgentState, node: str, *, attempt: int = 0,
+        template: str | None = None, **context: Any) -> tuple[Exchange, dict]:
+    """Render the node's prompt, call the LLM once, and return (exchange, accounting update)."""
+    messages = services.prompts.render(template or node, **prompt_context(services, state), **context)
+    exchange = services.llm.chat(messages, node=node, seed=llm_seed(services, state, node, attempt),
+                                 max_tokens=max_tokens_for(services, node))
+    tokens = dict(state.get("tokens", {"prompt": 0, "completion": 0}))
+    tokens["prompt"] = tokens.get("prompt", 0) + exchange.prompt_tokens
+    tokens["completion"] = tokens.get("completion", 0) + exchange.completion_tokens
+    accounting = {"llm_calls": int(state.get("llm_calls", 0)) + 1, "tokens": tokens,
+                  "timings": add_timing(state, "llm", exchange.seconds)}
+    return exchange, accounting
+
+
+def prompt_context(services: AgentServices, state: AgentState) -> dict:
+    """Context every template may read (prompts/registry.DEFAULT_CONTEXT names them)."""
+    cfg = services.config
+    return {"model_name": services.context.model_name, "sparsity": cfg.sparsity, "pattern": cfg.pattern,
+            "model_profile": services.context.model_profile, "analysis": state.get("analysis") or None,
+            "insights": InsightGraph.from_dict(state.get("insights")).render(),
+            "archive_brief": archive_entries(services, state, with_code=False),
+            "archive": archive_entries(services, state, with_code=True),
+            "has_gram": services.context.has_gram, "code_style": services.context.code_style}
+
+
+def archive_entries(services: AgentServices, state: AgentState, *, with_code: bool) -> list[dict]:
+    """The elite as dicts the prompt registry renders (code, hypothesis, fitness, reflection)."""
+    candidates = state.get("candidates", {})
+    entries = []
+    for cid in state.get("archive", [])[: services.config.elite_k]:
+        rec = candidates[cid]
+        source = read_source(services.run_dir, rec)
+        entries.append({"hypothesis": rec.get("hypothesis") or cid, "fitness": rec.get("fitness"),
+                        "reflection": rec.get("reflection", ""), "code": source if with_code else "",
+                        "expression": expression_of(source)})
+    return entries
+
+
+def expression_of(source: str) -> str:
+    """The scoring expression of a one-line candidate (expression template or a single return)."""
+    returns = [ln.strip()[len("return "):] for ln in source.splitlines() if ln.strip().startswith("return ")]
+    assigned = [ln.strip()[len("s = "):] for ln in source.splitlines() if ln.strip().startswith("s = ")]
+    if assigned:
+        return assigned[-1]
+    return returns[0] if len(returns) == 1 and "broadcast_to" not in returns[0] else ""

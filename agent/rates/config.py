@@ -1,0 +1,51 @@
+"""Settings of one Self-Pruner rate search (what the CLI and the benchmark pass in)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from autoprune.errors import BadInputError
+
+
+@dataclass
+class RatesConfig:
+    run_dir: Path
+    target_params: float = 0.7          # fraction of decoder parameters kept
+    budget: int = 8                     # offspring evaluated (generation 0 is free)
+    population: int = 6                 # survivors kept by elitism
+    model: Optional[str] = None         # None = the embedded SmolLM2-135M
+    data: Optional[str] = None          # data folder, 'wikitext2' or 'self'
+    seqlen: int = 256                   # search-time windows (calibration and fitness)
+    nsamples: int = 8                   # calibration windows
+    fitness_windows: int = 4            # validation windows per fitness evaluation
+    eval_seqlen: int = 512              # final test perplexity protocol
+    eval_windows: Optional[int] = 16
+    low: float = 0.0                    # per-layer rate bounds
+    high: float = 0.9
+    max_repairs: int = 1                # LLM repair rounds before trusted fallback
+    llm_base_url: Optional[str] = None  # None = the embedded LLM on loopback
+    llm_model: Optional[str] = None
+    llm_max_tokens: int = 256          # a 30-number list plus a few words
+    llm_timeout_s: float = 600.0       # per request: a CPU-served model on a busy machine is slow
+    temperature: float = 0.7
+    seed: int = 0
+    speed_repeats: int = 5
+    zeroshot_tasks: list[str] = field(default_factory=list)
+    zeroshot_data: Optional[str] = None
+    zeroshot_limit: Optional[int] = None
+    export: bool = True
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir)
+        if not 0.0 < self.target_params < 1.0:
+            raise BadInputError(f"--target-params must be in (0, 1), got {self.target_params}")
+        if self.budget < 0 or self.population < 2:
+            raise BadInputError("--budget must be >= 0 and --population >= 2")
+        if not 0.0 <= self.low < self.high < 1.0:
+            raise BadInputError(f"rate bounds must satisfy 0 <= low < high < 1, got [{self.low}, {self.high}]")
+
+    def to_dict(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

@@ -1,0 +1,138 @@
+"""The rate-search nodes: small functions of the state that return partial updates.
+
+seed_population → propose (LLM: selection, crossover, mutation) → validate (trusted)
+→ [repair via propose | fallback (trusted offspring)] → evaluate → select → ... → finalize.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+from autoprune.agent.llm import LLMBudgetExceeded
+from autoprune.agent.rates.evolution import fallback_offspring, is_duplicate, rank, survivors
+from autoprune.agent.rates.services import RatesServices
+from autoprune.agent.rates.state import Member, RatesState
+from autoprune.errors import AutopruneError, BadInputError, LLMError
+from autoprune.pruning.rates import check_rates, parse_rate_vector
+
+
+def prompt_context(state: RatesState, s: RatesServices) -> dict:
+    c = s.constraint
+    return {"model_name": s.model_name, "n_layers": c.layers, "low": c.low, "high": c.high,
+            "target": c.target, "population": state["population"]}
+
+
+def evaluated_member(s: RatesServices, member: Member) -> Member:
+    """Fill in fitness and parameter fraction, and record both in the trace."""
+    started = time.perf_counter()
+    ppl = s.fitness(member["rates"])
+    member = {**member, "fitness": ppl, "params_fraction": s.params_fraction(member["rates"])}
+    s.trace.emit("fitness", id=member["id"], level=0, nwindows=len(s.windows), ppl=ppl,
+                 params_fraction=round(member["params_fraction"], 5),
+                 seconds=round(time.perf_counter() - started, 3))
+    return member
+
+
+def announce(s: RatesServices, member: Member, message: str) -> None:
+    s.trace.emit("candidate", id=member["id"], generation=member["generation"], origin=member["origin"],
+                 parent=None, source=json.dumps([round(r, 6) for r in member["rates"]]))
+    s.trace.emit("verdict", id=member["id"], status="ok", outcome=member["outcome"], message=message)
+
+
+def seed_population(state: RatesState, s: RatesServices) -> dict:
+    """Generation 0: uniform and allocator-derived (OWL, SDSA) vectors, evaluated."""
+    if state.get("population"):
+        return {}                                  # resumed after seeding
+    members: list[Member] = []
+    for seed in s.seeds:
+        if is_duplicate(seed["rates"], members):
+            s.trace.emit("note", text=f"seed {seed['origin']} equals an earlier seed; skipped")
+            continue
+        member: Member = {"id": f"seed-{seed['origin']}", "rates": seed["rates"], "fitness": None,
+                          "params_fraction": 0.0, "origin": seed["origin"], "outcome": "seed", "generation": 0}
+        announce(s, member, "trusted seed")
+        members.append(evaluated_member(s, member))
+    ranked = rank(members)
+    return {"population": ranked[: s.population_size], "history": members, "attempts": 0, "error": "",
+            "evaluated": 0, "outcomes": {}, "pending": None}
+
+
+def propose(state: RatesState, s: RatesServices) -> dict:
+    """Ask the LLM for one child (a repair turn when the last answer was rejected)."""
+    context = prompt_context(state, s)
+    messages = s.prompts.render("propose", **context)
+    if state.get("error") and state.get("reply") is not None:
+        messages += [{"role": "assistant", "content": state["reply"] or "(empty)"}]
+        messages += s.prompts.render("repair", **context, reply=state["reply"], error=state["error"])[1:]
+    attempts = state.get("attempts", 0) + 1
+    try:
+        reply = s.llm.chat(messages, node="propose", temperature=s.temperature, max_tokens=s.llm_max_tokens,
+                           seed=s.seed + 1000 * state.get("evaluated", 0) + attempts)
+    except LLMBudgetExceeded:
+        raise
+    except LLMError as exc:                       # a dead endpoint must not stop the search
+        s.trace.emit("note", text=f"LLM call failed: {exc}")
+        return {"reply": "", "error": f"no answer: {exc}", "attempts": attempts}
+    return {"reply": reply.text, "error": "", "attempts": attempts}
+
+
+def validate(state: RatesState, s: RatesServices) -> dict:
+    """Trusted check of the LLM's vector: parse, constraint (projection), not a copy of a member."""
+    cid = f"g{state.get('evaluated', 0) + 1}"
+    if state.get("error"):                        # the LLM call itself failed
+        s.trace.emit("verdict", id=cid, status="rejected", attempt=state["attempts"], message=state["error"])
+        return {}
+    try:
+        checked = check_rates(parse_rate_vector(state["reply"]), s.constraint)
+        if is_duplicate(checked.rates, state["history"]):
+            raise BadInputError("this list equals a member already evaluated; change some layers")
+    except AutopruneError as exc:
+        s.trace.emit("verdict", id=cid, status="rejected", attempt=state["attempts"], message=str(exc))
+        return {"error": str(exc)}
+    outcome = "llm_repaired" if state["attempts"] > 1 else ("projected" if checked.repaired else "as_is")
+    member: Member = {"id": cid, "rates": checked.rates, "fitness": None, "params_fraction": 0.0,
+                      "origin": "llm", "outcome": outcome, "generation": state.get("evaluated", 0) + 1}
+    announce(s, member, checked.note)
+    return {"pending": member, "error": ""}
+
+
+def fallback(state: RatesState, s: RatesServices) -> dict:
+    """The LLM failed `max_repairs + 1` times: trusted crossover + mutation, recorded honestly."""
+    cid = f"g{state.get('evaluated', 0) + 1}"
+    rng = random.Random(s.seed * 7919 + state.get("evaluated", 0))
+    rates = fallback_offspring(state["population"], s.constraint, rng)
+    while is_duplicate(rates, state["history"]):
+        rates = fallback_offspring(state["population"], s.constraint, rng, mutation_rate=0.5)
+    s.trace.emit("note", text=f"{cid}: the LLM failed {state['attempts']} times; trusted fallback offspring")
+    member: Member = {"id": cid, "rates": rates, "fitness": None, "params_fraction": 0.0, "origin": "fallback",
+                      "outcome": "fallback", "generation": state.get("evaluated", 0) + 1}
+    announce(s, member, "fallback: trusted crossover + mutation")
+    return {"pending": member, "error": ""}
+
+
+def evaluate(state: RatesState, s: RatesServices) -> dict:
+    member = evaluated_member(s, state["pending"])
+    outcomes = dict(state.get("outcomes", {}))
+    outcomes[member["outcome"]] = outcomes.get(member["outcome"], 0) + 1
+    return {"pending": member, "history": state["history"] + [member], "outcomes": outcomes,
+            "evaluated": state.get("evaluated", 0) + 1}
+
+
+def select(state: RatesState, s: RatesServices) -> dict:
+    """Elitism: the newcomer replaces the worst member if it is better."""
+    population = survivors(state["population"], state["pending"], s.population_size)
+    s.trace.emit("rating", level=0, kind="validation_ppl",
+                 ratings={m["id"]: round(m["fitness"], 4) for m in population})
+    return {"population": population, "pending": None, "attempts": 0, "error": "", "reply": ""}
+
+
+def finalize(state: RatesState, s: RatesServices) -> dict:
+    final = s.finalize(state, s) if s.finalize is not None else {"best": rank(state["population"])[0]}
+    s.trace.emit("final_result", **final)
+    return {"final": final}
+
+
+NODES = {"seed_population": seed_population, "propose": propose, "validate": validate,
+         "fallback": fallback, "evaluate": evaluate, "select": select, "finalize": finalize}

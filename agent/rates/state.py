@@ -1,0 +1,31 @@
+"""The graph's state: plain lists and dicts, so the SQLite checkpointer can store it."""
+
+from __future__ import annotations
+
+from typing import Optional, TypedDict
+
+# How an offspring came to be (the counts the report states).
+OUTCOMES = ("as_is", "projected", "llm_repaired", "fallback")
+
+
+class Member(TypedDict):
+    id: str
+    rates: list[float]
+    fitness: Optional[float]            # validation perplexity (lower is better)
+    params_fraction: float              # decoder parameters kept
+    origin: str                         # "uniform", "owl", "sdsa", "llm", "fallback"
+    outcome: str                        # one of OUTCOMES, or "seed"
+    generation: int
+
+
+class RatesState(TypedDict, total=False):
+    run_id: str
+    population: list[Member]            # survivors, best first
+    history: list[Member]               # every evaluated member, in order
+    pending: Optional[Member]           # validated offspring waiting for fitness
+    reply: str                          # the LLM's last answer
+    error: str                          # what the validator said about it ("" when fine)
+    attempts: int                       # LLM attempts for the current offspring
+    evaluated: int                      # offspring evaluated so far (the budget counter)
+    outcomes: dict[str, int]
+    final: dict

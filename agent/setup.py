@@ -1,0 +1,93 @@
+"""Everything a run computes once before the graph starts (and again, from caches, on resume).
+
+Model, data, one-shot dense calibration statistics, the read-only scoring
+bundle in the run folder, the fitness windows, the model profile text that
+`analyse` shows. Nothing here talks to the LLM.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autoprune.agent.config import RunConfig
+from autoprune.agent.fitness import FitnessService
+from autoprune.data import calibration_windows, fitness_windows, load_corpus, test_windows
+from autoprune.models import load_model
+
+log = logging.getLogger(__name__)
+BUNDLE_DIR = "bundle"
+PROFILE_FILE = "model_profile.json"
+
+
+@dataclass
+class Prepared:
+    loaded: Any
+    corpus: Any
+    calibration: Any
+    stats: dict
+    bundle: Any
+    fitness: FitnessService
+    profile: list[dict]
+
+    def test_windows(self, config: RunConfig):
+        return test_windows(self.loaded.tokenizer, self.corpus, nwindows=config.test_windows, seqlen=config.seqlen)
+
+
+def run_device(config: RunConfig) -> str:
+    return "cuda" if config.gpus and torch.cuda.is_available() else "cpu"
+
+
+def prepare(config: RunConfig, run_dir: Path) -> Prepared:
+    from autoprune.pruning.calibration import collect_activation_stats
+    from autoprune.sandbox.bundle import ScoringBundle, write_scoring_bundle
+
+    loaded = load_model(config.model, device=run_device(config))
+    from autoprune.pruning.loop import check_pattern_fits_model
+
+    check_pattern_fits_model(loaded.model, config.sparsity_pattern)
+    corpus = load_corpus(config.data, model=loaded.model, tokenizer=loaded.tokenizer, seed=config.seed)
+    calibration = calibration_windows(loaded.tokenizer, corpus, nsamples=config.calibration_samples,
+                                      seqlen=config.seqlen, seed=config.seed)
+    stats = collect_activation_stats(loaded.model, calibration, cache_dir=run_dir / "calibration")
+    bundle_dir = run_dir / BUNDLE_DIR
+    if (bundle_dir / "manifest.json").is_file():
+        bundle = ScoringBundle.open(bundle_dir)
+    else:
+        bundle = write_scoring_bundle(loaded.model, stats, bundle_dir)
+    windows = fitness_windows(loaded.tokenizer, corpus, nwindows=max(config.fitness_levels), seqlen=config.seqlen)
+    fitness = FitnessService(loaded.model, windows, config.fitness_levels)
+    return Prepared(loaded, corpus, calibration, stats, bundle, fitness, model_profile(loaded.model, stats, run_dir))
+
+
+def model_profile(model, stats: dict, run_dir: Path) -> list[dict]:
+    """Per-block outlier ratio and skewness of |W| and of Wanda's activation-weighted scores (cached)."""
+    path = run_dir / PROFILE_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    from autoprune.pruning.loop import dense_block_profiles
+    from autoprune.pruning.metrics import get_metric
+
+    profiles = dense_block_profiles(model, stats, get_metric("wanda"))
+    path.write_text(json.dumps(profiles, indent=1))
+    return profiles
+
+
+def profile_text(profiles: list[dict], rows: int = 3) -> str:
+    """The profile in a few lines for prompts: the blocks with the heaviest and lightest tails."""
+    if not profiles:
+        return "(no profile)"
+    order = sorted(range(len(profiles)), key=lambda i: profiles[i]["skewness"], reverse=True)
+    shown = order if len(order) <= 2 * rows else order[:rows] + order[-rows:]
+    lines = [f"{len(profiles)} blocks. Per block: outlier ratio and skewness of |W|*||X|| (Wanda scores), "
+             "and skewness of |W|."]
+    for i in shown:
+        p = profiles[i]
+        lines.append(f"block {i}: outliers {p['outlier_ratio']:.4f}, score skew {p['skewness']:.1f}, "
+                     f"|W| skew {p['weight_skewness']:.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""The typed state of the LangGraph agent.
+
+Everything here is checkpointed after every node (SQLite in the run folder), so
+it holds ids, paths, numbers and text only: masks live in files under
+`candidates/`, weights stay in the fitness service. Nodes return partial
+updates; a field a node returns replaces the old value (dicts are copied and
+updated by the node, see `with_candidate`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, TypedDict
+
+Origin = Literal["seed", "llm"]
+Phase = Literal["seeding", "search", "final"]
+
+
+class CandidateRecord(TypedDict, total=False):
+    id: str
+    generation: int
+    origin: Origin
+    hypothesis: str                 # name of the hypothesis it tests ("" for seeds)
+    path: str                       # candidates/<id>.py, relative to the run folder
+    parent: Optional[str]           # the candidate this one repairs
+    status: str                     # "written" until verified, then the sandbox verdict status
+    message: str                    # the verdict's message (the exact error for failures)
+    masks_path: Optional[str]       # candidates/<id>.masks.safetensors while it is kept
+    group: str                      # how its scores became masks: "row" | "layer"
+    nll: dict[str, list[float]]     # fidelity level (as str) -> per-window NLLs
+    fitness: Optional[float]        # perplexity at its highest level
+    level: int                      # highest fidelity level evaluated (-1 = none)
+    reflection: str
+
+
+class Hypothesis(TypedDict, total=False):
+    name: str
+    statement: str
+    generation: int
+
+
+class AgentState(TypedDict, total=False):
+    run_id: str
+    phase: Phase
+    generation: int
+    analysis: str                   # the analyse node's text for later prompts
+    hypothesis: Optional[Hypothesis]
+    current: Optional[str]          # candidate being written / repaired
+    repairs: int                    # repairs used on the current hypothesis
+    last_error: Optional[str]       # exact error that goes back to write_code
+    queue: list[str]                # written candidates waiting for the sandbox
+    pending_evals: list[list]       # [candidate id, level] pairs waiting for fitness
+    candidates: dict[str, CandidateRecord]
+    ratings: dict[str, dict[str, float]]   # level -> candidate id -> rating
+    leaderboard: list[str]          # candidate ids, best first
+    archive: list[str]              # elite candidate ids (top-k)
+    insights: dict                  # InsightGraph.to_dict()
+    budget_used: int                # LLM candidates sent to the sandbox
+    llm_calls: int
+    tokens: dict[str, int]          # prompt / completion
+    verdicts: dict[str, int]        # verdict status -> count
+    timings: dict[str, float]       # llm / sandbox / fitness seconds
+    stop_reason: Optional[str]
+    final: Optional[dict]           # finalize's summary
+
+
+def initial_state(run_id: str, seed_ids: list[str], seed_records: dict[str, CandidateRecord]) -> AgentState:
+    return AgentState(
+        run_id=run_id, phase="seeding", generation=0, analysis="", hypothesis=None, current=None,
+        repairs=0, last_error=None, queue=list(seed_ids), pending_evals=[], candidates=dict(seed_records),
+        ratings={}, leaderboard=[], archive=[], insights={}, budget_used=0, llm_calls=0,
+        tokens={"prompt": 0, "completion": 0}, verdicts={},
+        timings={"llm": 0.0, "sandbox": 0.0, "fitness": 0.0}, stop_reason=None, final=None,
+    )
+
+
+def with_candidate(state: AgentState, cid: str, **changes) -> dict[str, CandidateRecord]:
+    """A copy of the candidates dict with one record updated (the node returns it)."""
+    candidates = dict(state.get("candidates", {}))
+    candidates[cid] = {**candidates.get(cid, {}), **changes}
+    return candidates
+
+
+def add_timing(state: AgentState, kind: str, seconds: float) -> dict[str, float]:
+    timings = dict(state.get("timings", {}))
+    timings[kind] = round(timings.get(kind, 0.0) + seconds, 4)
+    return timings
+
+
+def add_count(counts: dict[str, int], key: str, n: int = 1) -> dict[str, int]:
+    out = dict(counts)
+    out[key] = out.get(key, 0) + n
+    return out
+
+
+def candidate_id(generation: int, attempt: int) -> str:
+    """Deterministic ids, so a resumed node re-creates the same candidate, never a new one."""
+    return f"g{generation:03d}-a{attempt}"

@@ -1,0 +1,221 @@
+"""Calibration statistics of every target linear's inputs (and optional gradients).
+
+`collect_activation_stats` is the one-shot pass on the dense model (DESIGN §2):
+forward hooks on each target linear accumulate `RunningChannelStats`; an
+optional backward pass of the LM loss gives per-weight gradient magnitudes
+(Pruner-Zero's G). Results are cached on disk (safetensors + json) under a key
+that hashes the model, the windows and the flags.
+
+For the sequential loop, `capture_block_inputs` records what block 0 receives
+(hidden states and the keyword arguments such as position embeddings) and
+`run_block` pushes those inputs through one block at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+from torch import nn
+
+from autoprune.adapters import ArchitectureAdapter, adapter_for, linear_weight
+from autoprune.data import WindowSet
+from autoprune.progress import progress_bar
+from autoprune.pruning.stats import ActivationStats, RunningChannelStats
+
+CACHE_VERSION = 1
+BATCH_SIZE = 4
+
+
+def target_linears(model: nn.Module) -> dict[str, tuple[int, nn.Module]]:
+    """Full module name -> (block index, module) for every pruning target, in forward order."""
+    adapter = adapter_for(model)
+    out = {}
+    for index, block in enumerate(adapter.blocks(model)):
+        for dotted, module in adapter.linears(block).items():
+            out[f"{adapter.blocks_path}.{index}.{dotted}"] = (index, module)
+    return out
+
+
+@contextmanager
+def stat_hooks(modules: dict[str, nn.Module], *, with_gram: bool) -> Iterator[dict[str, RunningChannelStats]]:
+    """Forward hooks that feed each module's input into a RunningChannelStats, removed on exit.
+
+    Statistics live on the CPU whatever the model's device (they are small next to the model)."""
+    running = {name: RunningChannelStats(linear_weight(m).shape[1], with_gram=with_gram)
+               for name, m in modules.items()}
+    handles = [m.register_forward_hook(lambda mod, args, out, n=name: running[n].update(args[0].detach().cpu()))
+               for name, m in modules.items()]
+    try:
+        yield running
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def finish_stats(running: dict[str, RunningChannelStats], block_of: dict[str, int],
+                 num_layers: int) -> dict[str, ActivationStats]:
+    return {name: r.finish(layer_index=block_of[name], num_layers=num_layers, name=name.rsplit(".", 1)[-1])
+            for name, r in running.items()}
+
+
+def batches(windows: WindowSet, batch_size: int = BATCH_SIZE) -> list[torch.Tensor]:
+    return [windows.ids[i: i + batch_size] for i in range(0, len(windows), batch_size)]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def forward_pass(model: nn.Module, windows: WindowSet, progress: bool) -> None:
+    device = model_device(model)
+    for ids in progress_bar(batches(windows), "calibration", enabled=progress):
+        model(ids.to(device), use_cache=False)
+
+
+def gradient_magnitudes(model: nn.Module, windows: WindowSet, modules: dict[str, nn.Module],
+                        progress: bool) -> dict[str, torch.Tensor]:
+    """ℓ2 over calibration windows of dL/dW per weight, (out, in) layout (Pruner-Zero's G)."""
+    params = list(model.parameters())
+    was_trainable = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    targets = {name: m.weight for name, m in modules.items()}
+    for w in targets.values():
+        w.requires_grad_(True)
+    squares = {name: torch.zeros_like(w, dtype=torch.float32) for name, w in targets.items()}
+    device = model_device(model)
+    try:
+        for ids in progress_bar(batches(windows, 1), "gradients", enabled=progress):
+            ids = ids.to(device)
+            model(ids, labels=ids, use_cache=False).loss.backward()
+            for name, w in targets.items():
+                squares[name] += w.grad.float() ** 2
+                w.grad = None
+    finally:
+        for p, flag in zip(params, was_trainable):
+            p.requires_grad_(flag)
+    return {name: as_out_in(modules[name], sq.sqrt().cpu()) for name, sq in squares.items()}
+
+
+def as_out_in(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor in the module's weight layout, returned as (out_features, in_features)."""
+    return tensor.T.contiguous() if type(module).__name__ == "Conv1D" else tensor
+
+
+def collect_activation_stats(model: nn.Module, windows: WindowSet, *, with_gram: bool = False,
+                             with_grad: bool = False, cache_dir: Optional[Path | str] = None,
+                             progress: bool = False) -> dict[str, ActivationStats]:
+    """Statistics of every target linear's inputs on the dense model, keyed by full module name."""
+    targets = target_linears(model)
+    key = cache_key(model, windows, with_gram=with_gram, with_grad=with_grad)
+    if cache_dir is not None:
+        cached = load_cached_stats(Path(cache_dir), key)
+        if cached is not None:
+            return cached
+    modules = {name: m for name, (_, m) in targets.items()}
+    with stat_hooks(modules, with_gram=with_gram) as running:
+        forward_pass(model, windows, progress)
+    block_of = {name: index for name, (index, _) in targets.items()}
+    stats = finish_stats(running, block_of, len(adapter_for(model).blocks(model)))
+    if with_grad:
+        for name, grad in gradient_magnitudes(model, windows, modules, progress).items():
+            stats[name].grad = grad
+    if cache_dir is not None:
+        save_cached_stats(Path(cache_dir), key, stats, windows)
+    return stats
+
+
+def weight_fingerprint(model: nn.Module) -> str:
+    """Hash of the first and last target weights: a pruned model never hits the dense cache."""
+    names = list(target_linears(model).values())
+    digest = hashlib.sha256()
+    for _, module in (names[0], names[-1]):
+        digest.update(module.weight.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_key(model: nn.Module, windows: WindowSet, *, with_gram: bool, with_grad: bool) -> str:
+    ids_hash = hashlib.sha256(windows.ids.numpy().tobytes()).hexdigest()[:16]
+    parts = {"v": CACHE_VERSION, "model": getattr(model.config, "_name_or_path", ""),
+             "weights": weight_fingerprint(model), "windows": windows.description, "ids": ids_hash,
+             "shape": list(windows.ids.shape), "gram": with_gram, "grad": with_grad}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def save_cached_stats(folder: Path, key: str, stats: dict[str, ActivationStats], windows: WindowSet) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name, s in stats.items():
+        tensors.update(s.to_tensors(name))
+    meta = {"windows": windows.description, "layers": {
+        name: {"layer_index": s.layer_index, "num_layers": s.num_layers, "name": s.name, "nsamples": s.nsamples}
+        for name, s in stats.items()}}
+    save_file(tensors, str(folder / f"{key}.safetensors.tmp"))
+    (folder / f"{key}.safetensors.tmp").replace(folder / f"{key}.safetensors")
+    (folder / f"{key}.json").write_text(json.dumps(meta, indent=1))
+
+
+def load_cached_stats(folder: Path, key: str) -> Optional[dict[str, ActivationStats]]:
+    from safetensors.torch import load_file
+
+    meta_path, data_path = folder / f"{key}.json", folder / f"{key}.safetensors"
+    if not (meta_path.is_file() and data_path.is_file()):
+        return None
+    tensors = load_file(str(data_path))
+    layers = json.loads(meta_path.read_text())["layers"]
+    return {name: ActivationStats.from_tensors(tensors, name, **info) for name, info in layers.items()}
+
+
+class _StopForward(Exception):
+    """Raised by the pre-hook on block 0 once its inputs are captured."""
+
+
+@dataclass
+class BlockInput:
+    """One batch's input to a decoder block: hidden states plus the other call arguments."""
+
+    hidden: torch.Tensor
+    args: tuple
+    kwargs: dict
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, windows: WindowSet, *,
+                         batch_size: int = BATCH_SIZE) -> list[BlockInput]:
+    """What block 0 receives for each batch of windows (embeddings, position info, masks)."""
+    block0 = adapter_for(model).blocks(model)[0]
+    captured: list[BlockInput] = []
+
+    def hook(module, args, kwargs):
+        kwargs = dict(kwargs)
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured.append(BlockInput(hidden.detach(), tuple(args[1:]), kwargs))
+        raise _StopForward
+
+    handle = block0.register_forward_pre_hook(hook, with_kwargs=True)
+    device = model_device(model)
+    try:
+        for ids in batches(windows, batch_size):
+            try:
+                model(ids.to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+@torch.no_grad()
+def run_block(block: nn.Module, inputs: list[BlockInput]) -> list[BlockInput]:
+    """Each batch through `block`; the outputs become the next block's inputs."""
+    output = ArchitectureAdapter.block_output
+    return [BlockInput(output(block(x.hidden, *x.args, **x.kwargs)), x.args, x.kwargs) for x in inputs]

@@ -1,0 +1,104 @@
+"""Validated settings of a `prune` / `eval` job (pydantic), with one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from autoprune.errors import BadInputError, DataError
+from autoprune.pruning.allocators import allocator_names
+from autoprune.pruning.masks import SparsityPattern
+from autoprune.pruning.metrics import metric_names
+
+LAYER_PRUNERS = ("sparsegpt",)
+NAMED_DATA = (None, "", "wikitext2", "self")
+
+
+def method_names() -> list[str]:
+    return [*metric_names(), *LAYER_PRUNERS]
+
+
+class PruneConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: str
+    sparsity: float = Field(gt=0.0, lt=1.0)
+    pattern: str = "unstructured"
+    allocation: str = "uniform"
+    model: Optional[str] = None
+    data: Optional[str] = None
+    nsamples: int = Field(16, ge=1)
+    seqlen: int = Field(512, ge=8)
+    eval_windows: Optional[int] = Field(None, ge=1)
+    mode: Literal["sequential", "one-shot"] = "sequential"
+    reconstruct: bool = False
+    seed: int = 0
+    out: Optional[str] = None
+    eval_dense: bool = True
+    sandbox: Literal["docker", "process"] = "docker"
+    allocation_hyper: dict = Field(default_factory=dict)
+    cache_dir: Optional[str] = None
+    progress: bool = True
+
+    @field_validator("method")
+    @classmethod
+    def known_method(cls, value: str) -> str:
+        if value.endswith(".py"):
+            if not Path(value).expanduser().is_file():
+                raise ValueError(f"candidate file not found: {value}")
+            return value
+        if value not in method_names():
+            raise ValueError(f"unknown method {value!r} (known: {', '.join(method_names())}, or FILE.py)")
+        return value
+
+    @field_validator("allocation")
+    @classmethod
+    def known_allocation(cls, value: str) -> str:
+        if value not in allocator_names():
+            raise ValueError(f"unknown allocation {value!r} (known: {', '.join(allocator_names())})")
+        return value
+
+    @field_validator("pattern")
+    @classmethod
+    def valid_pattern(cls, value: str) -> str:
+        return str(SparsityPattern.parse(value))
+
+    @property
+    def sparsity_pattern(self) -> SparsityPattern:
+        return SparsityPattern.parse(self.pattern)
+
+    @property
+    def is_candidate_file(self) -> bool:
+        return self.method.endswith(".py")
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    data: Optional[str] = None
+    seqlen: int = Field(512, ge=8)
+    windows: Optional[int] = Field(None, ge=1)
+    seed: int = 0
+    progress: bool = True
+
+
+def make_config(cls, **values):
+    """Build a config or raise BadInputError/DataError with one line naming the bad field."""
+    try:
+        config = cls(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(p) for p in error.get("loc", ())) or "config"
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        raise BadInputError(f"{field}: {message}") from None
+    check_data_folder(config.data)
+    return config
+
+
+def check_data_folder(data: Optional[str]) -> None:
+    """Fail before loading a model when --data names a folder that is not there."""
+    if data not in NAMED_DATA and not Path(data).expanduser().is_dir():
+        raise DataError(f"data folder not found: {data}")

@@ -1,0 +1,191 @@
+"""THE layer loop: one function prunes a model with any metric, layer pruner or masks.
+
+Sequential mode (Wanda/SparseGPT style): block i's statistics are collected on
+inputs that already went through the pruned blocks 0..i-1. One-shot mode uses
+the dense model's statistics for every block. Per-block sparsities come from an
+allocator fed with profiles of the dense model. A metric, an allocator or a
+reconstruction is a plug-in; this file never changes for a new method.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from autoprune.adapters import adapter_for, linear_weight, set_linear_weight
+from autoprune.data import WindowSet
+from autoprune.errors import BadInputError
+from autoprune.progress import progress_bar
+from autoprune.pruning.allocators import allocate_sparsity, needs_profiles
+from autoprune.pruning.calibration import (capture_block_inputs, collect_activation_stats, finish_stats,
+                                           run_block, stat_hooks, target_linears)
+from autoprune.pruning.masks import SparsityPattern, check_pattern_fits, mask_sparsity, scores_to_mask, verify_mask
+from autoprune.pruning.metrics import Metric, get_metric
+from autoprune.pruning.methods import LayerPruner, PrecomputedMasks, PruneResult, peak_rss_mb
+from autoprune.pruning.profile import block_profile
+from autoprune.pruning.sparsegpt import reconstruct as obs_reconstruct
+from autoprune.pruning.stats import ActivationStats
+
+Method = Union[Metric, LayerPruner, PrecomputedMasks]
+MODES = ("sequential", "one-shot")
+
+
+def as_pattern(pattern: Union[str, SparsityPattern, None]) -> SparsityPattern:
+    return pattern if isinstance(pattern, SparsityPattern) else SparsityPattern.parse(pattern)
+
+
+def check_pattern_fits_model(model: nn.Module, pattern: SparsityPattern) -> None:
+    for name, (_, module) in target_linears(model).items():
+        check_pattern_fits(tuple(linear_weight(module).shape), pattern, name)
+
+
+def block_param_counts(model: nn.Module) -> list[int]:
+    counts = [0] * len(adapter_for(model).blocks(model))
+    for index, module in target_linears(model).values():
+        counts[index] += linear_weight(module).numel()
+    return counts
+
+
+def dense_block_profiles(model: nn.Module, stats: dict[str, ActivationStats], metric: Metric) -> list[dict]:
+    """Per-block profile (outlier ratio, skewness) of `metric`'s scores on the dense weights."""
+    scores: dict[int, list[Tensor]] = {}
+    weights: dict[int, list[Tensor]] = {}
+    for name, (index, module) in target_linears(model).items():
+        W = linear_weight(module).detach().float().cpu()
+        scores.setdefault(index, []).append(metric.score(W, stats[name]))
+        weights.setdefault(index, []).append(W)
+    return [block_profile(scores[i], weights[i]) for i in sorted(scores)]
+
+
+def plan_block_sparsity(model: nn.Module, sparsity: float, allocation: str, *,
+                        stats: Optional[dict[str, ActivationStats]] = None, profile_metric: Optional[Metric] = None,
+                        hyper: Optional[dict] = None) -> tuple[list[float], Optional[list[dict]]]:
+    """(per-block sparsities, the profiles they came from). OWL profiles Wanda scores by definition."""
+    params = block_param_counts(model)
+    if not needs_profiles(allocation):
+        return allocate_sparsity(allocation, sparsity, [], params, **(hyper or {})), None
+    if stats is None:
+        raise BadInputError(f"allocation {allocation!r} needs dense calibration statistics")
+    metric = get_metric("wanda") if allocation == "owl" or profile_metric is None else profile_metric
+    profiles = dense_block_profiles(model, stats, metric)
+    return allocate_sparsity(allocation, sparsity, profiles, params, **(hyper or {})), profiles
+
+
+def prune_layer(method: Method, name: str, W: Tensor, X: Optional[ActivationStats], sparsity: float,
+                pattern: SparsityPattern, reconstruct: bool) -> tuple[Tensor, Tensor]:
+    """(verified keep-mask, new weights) of one layer."""
+    if isinstance(method, PrecomputedMasks):
+        mask, new_W, group = method.masks[name].to(torch.bool), None, method.group
+    elif hasattr(method, "prune_layer"):
+        (mask, new_W), group = method.prune_layer(W, X, sparsity, pattern), method.group
+    else:
+        mask = scores_to_mask(method.score(W, X), sparsity, group=method.group, pattern=pattern)
+        new_W, group = None, method.group
+    verify_mask(mask, tuple(W.shape), sparsity, group=group, pattern=pattern, name=name)
+    if new_W is None:
+        new_W = obs_reconstruct(W, mask, X.gram) if reconstruct else W * mask
+    return mask, new_W
+
+
+def prune_block(model: nn.Module, method: Method, names: list[str], stats: dict[str, Optional[ActivationStats]],
+                sparsity: float, pattern: SparsityPattern, reconstruct: bool) -> dict[str, Tensor]:
+    masks = {}
+    for name in names:
+        module = model.get_submodule(name)
+        W = linear_weight(module).detach().float().cpu()   # statistics are on the CPU
+        masks[name], new_W = prune_layer(method, name, W, stats.get(name), sparsity, pattern, reconstruct)
+        set_linear_weight(module, new_W.to(module.weight.dtype))
+    return masks
+
+
+def validate(mode: str, allocation: str, pattern: SparsityPattern, sparsity: float) -> float:
+    """The effective sparsity (N:M fixes it), or a BadInputError."""
+    if mode not in MODES:
+        raise BadInputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if pattern.structured:
+        if allocation != "uniform":
+            raise BadInputError(f"pattern {pattern} fixes every layer's sparsity: use allocation 'uniform'")
+        return pattern.sparsity
+    if not 0.0 < sparsity < 1.0:
+        raise BadInputError(f"sparsity must be in (0, 1), got {sparsity}")
+    return sparsity
+
+
+def stats_suffice(stats: Optional[dict[str, ActivationStats]], *, gram: bool, grad: bool) -> bool:
+    if stats is None:
+        return False
+    return all((not gram or s.gram is not None) and (not grad or s.grad is not None) for s in stats.values())
+
+
+def prune_model(model: nn.Module, calibration: WindowSet, *, method: Method, sparsity: float,
+                pattern: Union[str, SparsityPattern] = "unstructured", allocation: str = "uniform",
+                mode: str = "sequential", reconstruct: bool = False, allocation_hyper: Optional[dict] = None,
+                progress: bool = True, dense_stats: Optional[dict[str, ActivationStats]] = None,
+                cache_dir=None) -> PruneResult:
+    """Prune `model` in place. `dense_stats` (from `collect_activation_stats`) may be shared across runs."""
+    started = time.perf_counter()
+    pattern = as_pattern(pattern)
+    check_pattern_fits_model(model, pattern)
+    sparsity = validate(mode, allocation, pattern, sparsity)
+    precomputed = isinstance(method, PrecomputedMasks)
+    needs_gram = reconstruct or (method.needs_gram and not precomputed)
+    needs_dense = not precomputed and (mode == "one-shot" or method.needs_grad or needs_profiles(allocation))
+    if precomputed and reconstruct and mode == "one-shot":
+        needs_dense = True
+    if needs_dense and not stats_suffice(dense_stats, gram=needs_gram and mode == "one-shot",
+                                         grad=method.needs_grad):
+        dense_stats = collect_activation_stats(model, calibration, with_gram=needs_gram and mode == "one-shot",
+                                               with_grad=method.needs_grad, cache_dir=cache_dir, progress=progress)
+    calibrated = time.perf_counter()
+    if precomputed:
+        block_sparsity, profiles = method.block_sparsity(model), None
+    else:
+        profile_metric = method if isinstance(method, Metric) and not hasattr(method, "prune_layer") else None
+        block_sparsity, profiles = plan_block_sparsity(model, sparsity, allocation, stats=dense_stats,
+                                                       profile_metric=profile_metric, hyper=allocation_hyper)
+    masks = run_layer_loop(model, calibration, method, mode, dense_stats, block_sparsity, pattern,
+                           reconstruct, needs_gram, progress)
+    done = time.perf_counter()
+    return PruneResult(
+        masks=masks, layer_sparsity={n: mask_sparsity(m) for n, m in masks.items()},
+        block_sparsity=block_sparsity, block_profiles=profiles, target_sparsity=sparsity,
+        method=method.name, allocation=allocation if not precomputed else "precomputed", pattern=str(pattern),
+        mode=mode, reconstruct=reconstruct, calibration=calibration.description,
+        timings={"calibration_s": calibrated - started, "pruning_s": done - calibrated, "total_s": done - started},
+        peak_rss_mb=peak_rss_mb())
+
+
+def run_layer_loop(model, calibration, method, mode, dense_stats, block_sparsity, pattern, reconstruct,
+                   needs_gram, progress) -> dict[str, Tensor]:
+    adapter = adapter_for(model)
+    blocks = adapter.blocks(model)
+    targets = target_linears(model)
+    names_of = {i: [n for n, (b, _) in targets.items() if b == i] for i in range(len(blocks))}
+    needs_stats = not isinstance(method, PrecomputedMasks) or reconstruct
+    sequential = mode == "sequential" and needs_stats
+    inputs = capture_block_inputs(model, calibration) if sequential else None
+    masks: dict[str, Tensor] = {}
+    for i in progress_bar(range(len(blocks)), f"pruning ({method.name})", enabled=progress):
+        names = names_of[i]
+        if sequential:
+            stats = block_stats(blocks[i], inputs, {n: targets[n][1] for n in names}, i, len(blocks), needs_gram)
+            for n in names:
+                if dense_stats is not None and dense_stats[n].grad is not None:
+                    stats[n].grad = dense_stats[n].grad
+        else:
+            stats = {n: dense_stats[n] for n in names} if dense_stats is not None else {}
+        masks.update(prune_block(model, method, names, stats, block_sparsity[i], pattern, reconstruct))
+        if sequential:
+            inputs = run_block(blocks[i], inputs)
+    return masks
+
+
+def block_stats(block: nn.Module, inputs, modules: dict[str, nn.Module], index: int, num_layers: int,
+                with_gram: bool) -> dict[str, ActivationStats]:
+    """Statistics of one block's linears on the current (already partly pruned) inputs."""
+    with stat_hooks(modules, with_gram=with_gram) as running:
+        run_block(block, inputs)
+    return finish_stats(running, {n: index for n in modules}, num_layers)

@@ -1,0 +1,63 @@
+"""Parameter budgets for structured pruning: rate vectors ↔ fraction of decoder parameters kept.
+
+Structured pruning removes whole KV groups (with their query heads) and MLP channels in
+multiples of 8; `structure_for_rates` lets the MLP absorb the KV rounding, so a layer keeps
+about `1 - rate` of its linear weights, but not exactly (8-channel steps, the one-KV-group
+floor, norms that are never pruned). These functions count what `prune_structured` would keep,
+from the config alone, so reports state the achieved fraction, not the asked one.
+"""
+
+from __future__ import annotations
+
+from autoprune.adapters import adapter_for
+from autoprune.errors import BadInputError
+from autoprune.pruning.structured import LayerStructure, attention_geometry, structure_for_rates
+
+
+def layer_linear_params(model, layer: LayerStructure) -> int:
+    """Weights of one decoder layer's linears at the given sizes (q, k, v, o, gate, up, down)."""
+    head_dim, _, group_size = attention_geometry(model)
+    hidden = model.config.hidden_size
+    per_group = (2 * group_size + 2) * head_dim * hidden      # q and o: group_size heads; k and v: one
+    return layer.kv_groups * per_group + 3 * hidden * layer.intermediate
+
+
+def dense_structure(model) -> list[LayerStructure]:
+    _, kv_heads, _ = attention_geometry(model)
+    return [LayerStructure(model.config.intermediate_size, kv_heads)] * model.config.num_hidden_layers
+
+
+def decoder_totals(model) -> tuple[int, int]:
+    """(all decoder parameters, those outside the prunable linears: norms, biases) of the dense model."""
+    blocks = adapter_for(model).blocks(model)
+    dense_linears = sum(layer_linear_params(model, s) for s in dense_structure(model))
+    total = sum(p.numel() for block in blocks for p in block.parameters())
+    return total, total - dense_linears
+
+
+def kept_parameter_fraction(model, rates: list[float], totals: tuple[int, int] | None = None) -> float:
+    """Fraction of the decoder's parameters `prune_structured(model, rates)` keeps (norms included).
+
+    `model` must be the dense model; pass `totals` (from `decoder_totals`) to skip recounting."""
+    total, others = totals or decoder_totals(model)
+    kept = sum(layer_linear_params(model, s) for s in structure_for_rates(model, rates)) + others
+    return kept / total
+
+
+def mean_rate_for_params(model, keep_fraction: float, *, high: float = 0.9, step: float = 0.001) -> tuple[float, float]:
+    """(uniform rate, fraction it keeps) closest to keeping `keep_fraction` of the decoder's parameters.
+
+    The map is a fine step function (8-channel steps), so the achieved fraction is returned
+    for the report to state.
+    """
+    if not 0.0 < keep_fraction <= 1.0:
+        raise BadInputError(f"--target-params must be in (0, 1], got {keep_fraction}")
+    layers = model.config.num_hidden_layers
+    totals = decoder_totals(model)
+    best = (0.0, 1.0)
+    for i in range(int(round(high / step)) + 1):
+        rate = i * step
+        kept = kept_parameter_fraction(model, [rate] * layers, totals)
+        if abs(kept - keep_fraction) < abs(best[1] - keep_fraction) - 1e-12:
+            best = (rate, kept)
+    return best

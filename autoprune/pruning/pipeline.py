@@ -1,0 +1,126 @@
+"""`prune` and `eval` jobs end to end: load, calibrate, prune, evaluate, export.
+
+The CLI calls `run_prune_job` / `run_eval_job` and only prints what they return;
+a Python user gets the same result dicts.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from autoprune.data import calibration_windows, load_corpus, test_windows
+from autoprune.errors import BadInputError, SandboxError
+from autoprune.models import LoadedModel, cache_root, load_model
+from autoprune.pruning.calibration import collect_activation_stats, target_linears
+from autoprune.pruning.config import EvalConfig, PruneConfig
+from autoprune.pruning.export import export_pruned_model, read_summary
+from autoprune.pruning.loop import check_pattern_fits_model, plan_block_sparsity, prune_model
+from autoprune.pruning.methods import PrecomputedMasks
+from autoprune.pruning.metrics import get_metric
+from autoprune.pruning.sparsegpt import SparseGPTPruner
+
+
+def evaluate_perplexity(model, windows, progress: bool) -> float:
+    from autoprune.evaluators.perplexity import perplexity
+
+    return perplexity(model, windows, show_progress=progress)
+
+
+def stats_cache_dir(config: PruneConfig) -> Path:
+    return Path(config.cache_dir) if config.cache_dir else cache_root() / "calibration"
+
+
+def builtin_method(name: str):
+    return SparseGPTPruner() if name == "sparsegpt" else get_metric(name)
+
+
+def candidate_masks(config: PruneConfig, loaded: LoadedModel, calibration) -> PrecomputedMasks:
+    """Run an untrusted candidate file in the sandbox; its verified masks become the method."""
+    try:
+        from autoprune.sandbox.api import run_candidate
+        from autoprune.sandbox.bundle import write_scoring_bundle
+        from autoprune.sandbox.verdict import ScoringRequest
+    except ImportError as exc:
+        raise SandboxError(f"the sandbox is not available in this installation ({exc})") from exc
+    model = loaded.model
+    stats = collect_activation_stats(model, calibration, cache_dir=stats_cache_dir(config), progress=config.progress)
+    if config.sparsity_pattern.structured:
+        block_sparsity = [config.sparsity_pattern.sparsity] * (1 + max(i for i, _ in target_linears(model).values()))
+    else:
+        block_sparsity, _ = plan_block_sparsity(model, config.sparsity, config.allocation, stats=stats,
+                                                hyper=config.allocation_hyper)
+    layer_sparsity = {name: block_sparsity[index] for name, (index, _) in target_linears(model).items()}
+    source = Path(config.method).expanduser().read_text(encoding="utf-8")
+    with tempfile.TemporaryDirectory(prefix="autoprune-bundle-") as folder:
+        bundle = write_scoring_bundle(model, stats, folder)
+        request = ScoringRequest(sparsity=layer_sparsity, pattern=config.sparsity_pattern, mode="masks")
+        verdict = run_candidate(source, bundle, request, backend=config.sandbox)
+    if not verdict.ok or verdict.masks is None:
+        raise BadInputError(f"candidate {config.method}: {verdict.status}: {verdict.message}")
+    return PrecomputedMasks(verdict.masks, layer_sparsity, group=verdict.group, name=Path(config.method).stem)
+
+
+def quiet_transformers() -> None:
+    """Our own progress bars replace transformers' weight-loading ones."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def run_prune_job(config: PruneConfig) -> dict:
+    """Prune with `config`; returns perplexities, per-layer sparsity, timings and protocol."""
+    started = time.perf_counter()
+    quiet_transformers()
+    loaded = load_model(config.model)
+    check_pattern_fits_model(loaded.model, config.sparsity_pattern)
+    corpus = load_corpus(config.data, model=loaded.model, tokenizer=loaded.tokenizer, seed=config.seed)
+    calibration = calibration_windows(loaded.tokenizer, corpus, nsamples=config.nsamples,
+                                      seqlen=config.seqlen, seed=config.seed)
+    test = test_windows(loaded.tokenizer, corpus, nwindows=config.eval_windows, seqlen=config.seqlen)
+    dense_ppl = evaluate_perplexity(loaded.model, test, config.progress) if config.eval_dense else None
+    method = (candidate_masks(config, loaded, calibration) if config.is_candidate_file
+              else builtin_method(config.method))
+    result = prune_model(loaded.model, calibration, method=method, sparsity=config.sparsity,
+                         pattern=config.sparsity_pattern, allocation=config.allocation, mode=config.mode,
+                         reconstruct=config.reconstruct, allocation_hyper=config.allocation_hyper,
+                         progress=config.progress, cache_dir=stats_cache_dir(config))
+    pruned_ppl = evaluate_perplexity(loaded.model, test, config.progress)
+    summary = {**result.summary(), "model": loaded.name, "model_source": loaded.source,
+               "protocol": {"calibration": calibration.description, "test": test.description,
+                            "seqlen": config.seqlen, "test_windows": len(test)},
+               "perplexity": {"dense": dense_ppl, "pruned": pruned_ppl}}
+    if config.out:
+        summary["exported_to"] = str(export_pruned_model(loaded.model, loaded.tokenizer, config.out, summary))
+    summary["wall_s"] = time.perf_counter() - started
+    return summary
+
+
+def run_eval_job(config: EvalConfig) -> dict:
+    """Test perplexity of a saved model (e.g. one `prune --out` exported)."""
+    quiet_transformers()
+    loaded = load_model(config.model)
+    corpus = load_corpus(config.data, model=loaded.model, tokenizer=loaded.tokenizer, seed=config.seed)
+    test = test_windows(loaded.tokenizer, corpus, nwindows=config.windows, seqlen=config.seqlen)
+    ppl = evaluate_perplexity(loaded.model, test, config.progress)
+    return {"model": loaded.name, "model_source": loaded.source, "perplexity": ppl,
+            "protocol": {"test": test.description, "seqlen": config.seqlen, "test_windows": len(test)},
+            "sparsity": measured_sparsity(loaded.model), "pruning_summary": prune_summary_of(config.model)}
+
+
+def measured_sparsity(model) -> float:
+    from autoprune.adapters import linear_weight
+
+    layers = [linear_weight(m) for _, m in target_linears(model).values()]
+    zeros = sum(int((w == 0).sum()) for w in layers)
+    return zeros / max(sum(w.numel() for w in layers), 1)
+
+
+def prune_summary_of(model_dir: Optional[str]) -> Optional[dict]:
+    if not model_dir or not Path(model_dir).is_dir():
+        return None
+    summary = read_summary(model_dir)
+    return None if summary is None else {k: summary.get(k) for k in ("method", "allocation", "pattern",
+                                                                      "target_sparsity", "perplexity")}

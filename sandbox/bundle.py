@@ -1,0 +1,115 @@
+"""The scoring bundle: the read-only inputs every candidate of a run scores.
+
+Written once per run (weights of the target linears, their calibration
+statistics and a manifest), then mounted read-only into each container. The
+layout is the contract with `autoprune.sandbox.worker`:
+
+    weights.safetensors   {layer name: (out_features, in_features) float32}
+    stats.safetensors     ActivationStats.to_tensors(prefix=layer name) for every layer
+    manifest.json         {"version": 1, "layers": [{name, short_name, layer_index,
+                           num_layers, shape, group, nsamples}]}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from autoprune.adapters import adapter_for, linear_weight
+from autoprune.errors import BadInputError
+from autoprune.pruning.stats import ActivationStats
+
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+STATS = "stats.safetensors"
+BUNDLE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    name: str             # full module name, e.g. "model.layers.3.self_attn.q_proj"
+    short_name: str       # "q_proj": what candidates see in X.name
+    layer_index: int
+    num_layers: int
+    shape: tuple[int, int]
+    group: str            # the sub-module holding it: "self_attn", "mlp", ...
+    nsamples: int = 0
+
+    @property
+    def numel(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+
+@dataclass(frozen=True)
+class ScoringBundle:
+    folder: Path
+    layers: tuple[LayerSpec, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    def layer(self, name: str) -> LayerSpec:
+        for spec in self.layers:
+            if spec.name == name:
+                return spec
+        raise BadInputError(f"layer {name!r} is not in the scoring bundle at {self.folder}")
+
+    def packed_mask_bytes(self) -> int:
+        """Bytes of the bit-packed masks of every layer: sizes the output cap."""
+        return sum((spec.numel + 7) // 8 for spec in self.layers)
+
+    @classmethod
+    def open(cls, folder: str | Path) -> "ScoringBundle":
+        folder = Path(folder)
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text())
+        except (OSError, ValueError) as exc:
+            raise BadInputError(f"{folder} is not a scoring bundle ({exc})") from exc
+        layers = tuple(LayerSpec(**{**item, "shape": tuple(item["shape"])})
+                       for item in manifest["layers"])
+        return cls(folder=folder, layers=layers)
+
+
+def _layer_specs(model, stats: dict[str, ActivationStats]):
+    adapter = adapter_for(model)
+    blocks = adapter.blocks(model)
+    for index, block in enumerate(blocks):
+        for dotted, module in adapter.linears(block).items():
+            name = f"{adapter.blocks_path}.{index}.{dotted}"
+            if name not in stats:
+                raise BadInputError(f"no calibration statistics for {name}; "
+                                    "collect them for every target linear first")
+            weight = linear_weight(module).detach()
+            group = dotted.rsplit(".", 1)[0] if "." in dotted else ""
+            spec = LayerSpec(name=name, short_name=adapter.short_name(dotted), layer_index=index,
+                             num_layers=len(blocks), shape=tuple(weight.shape), group=group,
+                             nsamples=int(stats[name].nsamples))
+            yield spec, weight
+
+
+def write_scoring_bundle(model, stats: dict[str, ActivationStats], folder: str | Path) -> ScoringBundle:
+    """Write the bundle for `model`'s target linears into `folder` (created if needed)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights, stat_tensors, specs = {}, {}, []
+    for spec, weight in _layer_specs(model, stats):
+        weights[spec.name] = weight.to(torch.float32).contiguous().clone()
+        stat_tensors.update({k: v.to(torch.float32).contiguous()
+                             for k, v in stats[spec.name].to_tensors(spec.name).items()})
+        specs.append(spec)
+    save_file(weights, str(folder / WEIGHTS))
+    save_file(stat_tensors, str(folder / STATS))
+    manifest = {"version": BUNDLE_VERSION,
+                "layers": [{**spec.__dict__, "shape": list(spec.shape)} for spec in specs]}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    # The container's non-root user reads the bundle through a read-only bind mount.
+    os.chmod(folder, 0o755)
+    for name in (WEIGHTS, STATS, MANIFEST):
+        os.chmod(folder / name, 0o644)
+    return ScoringBundle(folder=folder, layers=tuple(specs))

@@ -1,0 +1,209 @@
+"""The worker: runs inside the container (or the process backend) on one candidate.
+
+Loads the read-only bundle, compiles the candidate with the restricted policy,
+calls `score(W, X)` per requested layer, turns scores into masks with the
+trusted `scores_to_mask` (or profiles them) and writes the results to the
+size-capped output folder. Its verdict on its own run is only ever trusted to
+make a candidate's outcome worse: the host re-verifies every mask.
+
+    python -m autoprune.sandbox.worker --bundle DIR --input DIR --out DIR [--raw]
+
+`--raw` (tests only) runs the candidate file as plain Python with full
+builtins, so tests can prove the container's isolation without the gate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import builtins
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from autoprune.pruning.masks import SparsityPattern, pack_mask, scores_to_mask
+from autoprune.pruning.stats import CHANNEL_FIELDS, ActivationStats
+from autoprune.sandbox import protocol as P
+from autoprune.sandbox.policy import candidate_globals, compile_candidate
+from autoprune.sandbox.score_profile import blocks_profile, score_profile
+
+
+class WorkerFailure(Exception):
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def load_candidate(source: str, raw: bool):
+    """Execute the candidate's module body; return (score function, GROUP)."""
+    if raw:
+        namespace = {"__name__": "__main__", "__builtins__": builtins}
+        exec(compile(source, P.CANDIDATE_FILE, "exec"), namespace)  # noqa: S102 (test-only bypass)
+    else:
+        code, errors = compile_candidate(source, P.CANDIDATE_FILE)
+        if errors:
+            raise WorkerFailure(P.KIND_REJECTED, "\n".join(errors))
+        namespace = candidate_globals()
+        exec(code, namespace)  # noqa: S102 (restricted code, guarded globals)
+    score = namespace.get("score")
+    if not callable(score):
+        raise WorkerFailure(P.KIND_INVALID, "the candidate defines no callable score(W, X)")
+    group = namespace.get("GROUP", "row")
+    if group not in ("row", "layer"):
+        raise WorkerFailure(P.KIND_INVALID, f"GROUP must be 'row' or 'layer', got {group!r}")
+    return score, group
+
+
+def layer_stats(stats_file, spec: dict) -> ActivationStats:
+    prefix = spec["name"]
+    keys = set(stats_file.keys())
+    tensors = {k: stats_file.get_tensor(k) for k in
+               [f"{prefix}.{f}" for f in (*CHANNEL_FIELDS, "gram", "grad")] if k in keys}
+    return ActivationStats.from_tensors(tensors, prefix, layer_index=spec["layer_index"],
+                                        num_layers=spec["num_layers"], name=spec["short_name"],
+                                        nsamples=spec.get("nsamples", 0))
+
+
+def checked_scores(score, weight: torch.Tensor, stats: ActivationStats, name: str) -> torch.Tensor:
+    try:
+        scores = score(weight, stats)
+    except Exception:  # the candidate's own bug: report its traceback to the LLM
+        raise WorkerFailure(P.KIND_CRASHED, f"score() raised on {name}:\n"
+                                            f"{traceback.format_exc(limit=-4)}") from None
+    if not isinstance(scores, torch.Tensor):
+        raise WorkerFailure(P.KIND_INVALID, f"{name}: score() returned {type(scores).__name__}, "
+                                            "expected a torch.Tensor shaped like W")
+    if tuple(scores.shape) != tuple(weight.shape):
+        raise WorkerFailure(P.KIND_INVALID, f"{name}: score() returned shape "
+                                            f"{tuple(scores.shape)}, expected {tuple(weight.shape)}")
+    if not bool(torch.isfinite(scores).all()):
+        raise WorkerFailure(P.KIND_INVALID, f"{name}: score() returned NaN or infinite values; "
+                                            "guard divisions and logs (e.g. add 1e-8)")
+    return scores
+
+
+class ProfileCollector:
+    """Per-layer statistics, and per-block ones when a block's last layer is scored."""
+
+    def __init__(self):
+        self.layers, self.blocks = {}, {}
+        self._scores, self._weights = {}, {}
+
+    def add(self, spec: dict, scores: torch.Tensor, weight: torch.Tensor) -> None:
+        self.layers[spec["name"]] = score_profile(scores)
+        index = spec["layer_index"]
+        if self._scores and index not in self._scores:
+            self.flush()
+        self._scores.setdefault(index, []).append(scores)
+        self._weights.setdefault(index, []).append(weight)
+
+    def flush(self) -> None:
+        self.blocks.update(blocks_profile(self._scores, self._weights))
+        self._scores, self._weights = {}, {}
+
+    def to_json(self) -> dict:
+        self.flush()
+        return {"layers": self.layers, "blocks": self.blocks}
+
+
+def score_layers(score, group: str, bundle: Path, request: dict, out: Path) -> dict:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    profile_mode = request["mode"] == "profile"
+    wanted = request.get("sparsity") or {}
+    pattern = SparsityPattern.parse(request.get("pattern"))
+    layers, profile, offset = [], ProfileCollector(), 0
+    timings = {"load": 0.0, "score": 0.0, "mask": 0.0}
+    with safe_open(str(bundle / "weights.safetensors"), "pt") as wf, \
+            safe_open(str(bundle / "stats.safetensors"), "pt") as sf, \
+            open(out / P.MASKS_FILE, "wb") as masks_out:
+        for spec in manifest["layers"]:
+            name = spec["name"]
+            if not profile_mode and name not in wanted:
+                continue
+            t0 = time.perf_counter()
+            weight, stats = wf.get_tensor(name), layer_stats(sf, spec)
+            t1 = time.perf_counter()
+            scores = checked_scores(score, weight, stats, name)
+            t2 = time.perf_counter()
+            if profile_mode:
+                profile.add(spec, scores, weight)
+            else:
+                data = pack_mask(scores_to_mask(scores, float(wanted[name]), group=group,
+                                                pattern=pattern))
+                masks_out.write(data)
+                layers.append({"name": name, "shape": list(weight.shape), "offset": offset,
+                               "nbytes": len(data)})
+                offset += len(data)
+            timings["load"] += t1 - t0
+            timings["score"] += t2 - t1
+            timings["mask"] += time.perf_counter() - t2
+    if profile_mode:
+        (out / P.PROFILE_FILE).write_text(json.dumps(profile.to_json()))
+    return {"layers": layers, "group": group, "timings": timings}
+
+
+def write_result(out: Path, result: dict) -> None:
+    tmp = out / (P.RESULT_FILE + ".tmp")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, out / P.RESULT_FILE)
+
+
+def wait_for_inputs(inputs: Path, seconds: float) -> float:
+    """A warm container's worker imports torch first, then waits for the host to write its
+    inputs (request.json last, atomically). Returns the seconds spent waiting."""
+    t0 = time.perf_counter()
+    deadline = time.monotonic() + seconds
+    while not (inputs / P.REQUEST_FILE).exists():
+        if time.monotonic() > deadline:
+            raise SystemExit("no candidate arrived")
+        time.sleep(0.01)
+    return time.perf_counter() - t0
+
+
+def run(bundle: Path, inputs: Path, out: Path, raw: bool, spawned_at: float = 0.0,
+        wait_input: float = 0.0) -> int:
+    startup = time.time() - spawned_at if spawned_at else 0.0   # interpreter + torch import
+    waited = wait_for_inputs(inputs, wait_input) if wait_input > 0 else 0.0
+    t_start = time.perf_counter()
+    request = json.loads((inputs / P.REQUEST_FILE).read_text())
+    source = (inputs / P.CANDIDATE_FILE).read_text()
+    torch.set_grad_enabled(False)
+    try:
+        score, group = load_candidate(source, raw)
+        t_loaded = time.perf_counter()
+        result = score_layers(score, group, bundle, request, out)
+        result["timings"]["load_candidate"] = t_loaded - t_start
+        result["timings"]["startup"] = startup
+        result["timings"]["waited_for_input"] = waited
+        write_result(out, {"kind": "ok", **result})
+        return 0
+    except WorkerFailure as failure:
+        write_result(out, {"kind": failure.kind, "message": str(failure)})
+        return 1
+    except OSError as exc:  # ENOSPC on the capped output is the usual one
+        kind = P.KIND_TOO_MUCH if getattr(exc, "errno", None) in (27, 28) else P.KIND_CRASHED
+        (out / P.MASKS_FILE).unlink(missing_ok=True)  # make room for the result itself
+        write_result(out, {"kind": kind, "message": f"{type(exc).__name__}: {exc}"})
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="autoprune.sandbox.worker")
+    parser.add_argument("--bundle", default=P.BUNDLE_DIR)
+    parser.add_argument("--input", default=P.INPUT_DIR)
+    parser.add_argument("--out", default=P.OUTPUT_DIR)
+    parser.add_argument("--raw", action="store_true", help="tests only: no restrictions")
+    parser.add_argument("--spawned-at", type=float, default=0.0, help="epoch seconds (timing)")
+    parser.add_argument("--wait-input", type=float, default=0.0, help="warm start: seconds")
+    args = parser.parse_args(argv)
+    return run(Path(args.bundle), Path(args.input), Path(args.out), args.raw, args.spawned_at,
+               args.wait_input)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""The LangGraph agent on a tiny Llama with the real process sandbox, fitness, prompts and checkpointer.
+
+Only the LLM is scripted. One module-scoped run feeds several assertions; a
+second run is interrupted inside the sandbox and resumed from the SQLite
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+
+import pytest
+import torch
+
+from autoprune.agent.archive import WANDA_ID, write_seeds
+from autoprune.agent.graph import build_graph
+from autoprune.agent.nodes.verify import verify
+from autoprune.agent.nodes.write_code import write_code
+from autoprune.agent.state import initial_state
+from autoprune.agent.trace import read_trace
+
+from agent_support import ScriptedLLM, default_replies, tiny_services
+
+
+def tiny_llama_model():
+    from transformers import LlamaForCausalLM
+
+    from conftest import tiny_llama_config
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(tiny_llama_config()).eval()
+
+
+def start(services, run_id="t"):
+    seed_ids, records = write_seeds(services.run_dir)
+    return initial_state(run_id, seed_ids, records)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("agent-run")
+    llm = ScriptedLLM(default_replies())
+    services = tiny_services(tiny_llama_model(), run_dir, llm, budget=2)
+    state = build_graph(services).invoke(start(services), {"recursion_limit": 500})
+    return state, services, llm
+
+
+def test_search_spends_exactly_the_budget_and_repairs_with_the_exact_error(finished_run):
+    state, services, llm = finished_run
+    assert state["budget_used"] == 2
+    assert state["verdicts"] == {"ok": 4, "crashed": 1}        # 3 seeds + the repaired candidate
+    crashed = state["candidates"]["g001-a0"]
+    assert crashed["status"] == "crashed" and "score() raised" in crashed["message"]
+    repair_turn = [m for node, m in llm.requests if node == "write_code"][1]
+    assert "score() raised" in repair_turn[-1]["content"]
+    assert state["candidates"]["g001-a1"]["parent"] == "g001-a0"
+    assert state["stop_reason"].startswith("candidate budget spent")
+
+
+def test_tournament_and_reflection_reach_the_prompts(finished_run):
+    state, _, llm = finished_run
+    assert WANDA_ID in state["leaderboard"] and set(state["archive"]) <= set(state["leaderboard"])
+    wanda = state["candidates"][WANDA_ID]
+    assert wanda["level"] == 1 and len(wanda["nll"]["1"]) == 4        # the reference climbs every level
+    insights = state["insights"]
+    assert "rms-input" in insights["hypotheses"] and insights["lessons"]["rms-input"]
+    hypothesise_prompt = [m for node, m in llm.requests if node == "hypothesise"][0][-1]["content"]
+    assert "perplexity" in hypothesise_prompt                          # the seeds' archive is shown
+
+
+def test_finale_reports_allocations_on_test_and_exports_a_loadable_model(finished_run):
+    from transformers import LlamaForCausalLM
+
+    state, services, _ = finished_run
+    final = state["final"]
+    assert set(final["test"]) >= {"dense", "wanda_uniform", "uniform", "owl", "sdsa"}
+    assert final["winner"]["id"] == state["leaderboard"][0]
+    # SDSA reads the winner's per-block score skewness from the sandbox profile: blocks differ
+    assert len(set(final["sdsa"]["block_sparsity"])) == 2 and final["sdsa"]["profiles"][0]["skewness"] != 0
+    report = (services.run_dir / "report.md").read_text()
+    assert "Wanda" in report and "| sdsa |" in report and final["winner"]["id"] in report
+    exported = LlamaForCausalLM.from_pretrained(final["export"])
+    down = exported.model.layers[0].mlp.down_proj.weight
+    assert 0.3 < float((down == 0).float().mean()) < 0.7
+
+
+def test_trace_records_every_candidate_once(finished_run):
+    _, services, _ = finished_run
+    events = read_trace(services.run_dir).events
+    candidates = Counter(e["id"] for e in events if e["type"] == "candidate")
+    verdicts = Counter(e["id"] for e in events if e["type"] == "verdict")
+    assert set(candidates) == {"g001-a0", "g001-a1"} and max(candidates.values()) == 1
+    assert max(verdicts.values()) == 1 and len(verdicts) == 5
+    assert events[-1]["type"] == "node_left" and events[-1]["node"] == "finalize"
+
+
+class CrashOnce:
+    """Wraps the sandbox runner: the N-th call dies like a killed process would."""
+
+    def __init__(self, runner, crash_on: int):
+        self.runner, self.crash_on, self.calls = runner, crash_on, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.crash_on:
+            raise KeyboardInterrupt("simulated kill")
+        return self.runner(*args, **kwargs)
+
+
+def test_interrupted_run_resumes_from_the_checkpoint(tmp_path):
+    from autoprune.sandbox.api import run_candidate
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    model, thread = tiny_llama_model(), {"configurable": {"thread_id": "r"}, "recursion_limit": 500}
+    llm = ScriptedLLM(default_replies())
+    services = tiny_services(model, tmp_path, llm, budget=2)
+    services.sandbox._run = CrashOnce(run_candidate, crash_on=5)       # the 2nd LLM candidate, in flight
+    with sqlite3.connect(tmp_path / "checkpoints.sqlite", check_same_thread=False) as conn:
+        with pytest.raises(KeyboardInterrupt):
+            build_graph(services, SqliteSaver(conn)).invoke(start(services, "r"), thread)
+    calls_before = len(llm.requests)
+    resumed = tiny_services(model, tmp_path, llm, budget=2)             # a fresh process: new services
+    with sqlite3.connect(tmp_path / "checkpoints.sqlite", check_same_thread=False) as conn:
+        state = build_graph(resumed, SqliteSaver(conn)).invoke(None, thread)
+    assert state["budget_used"] == 2 and state["final"] is not None
+    # only reflect was still to come: no finished LLM call was made again
+    assert [node for node, _ in llm.requests[calls_before:]] == ["reflect"]
+    events = read_trace(tmp_path).events
+    verdicts = Counter(e["id"] for e in events if e["type"] == "verdict")
+    candidates = Counter(e["id"] for e in events if e["type"] == "candidate")
+    assert set(candidates) == {"g001-a0", "g001-a1"} and max(candidates.values()) == 1
+    assert set(verdicts) == set(candidates) | {"seed-wanda", "seed-ria", "seed-magnitude"}
+    assert max(verdicts.values()) == 1
+
+
+def test_write_code_alone_turns_an_unusable_reply_into_a_repair(tmp_path, tiny_llama):
+    llm = ScriptedLLM({"write_code": ["I think weights are important."]})
+    services = tiny_services(tiny_llama, tmp_path, llm)
+    state = {**start(services), "generation": 1, "hypothesis": {"name": "h", "statement": "s", "generation": 1},
+             "repairs": 0, "queue": []}
+    update = write_code(state, services)
+    assert update["queue"] == [] and update["repairs"] == 1 and "expression" in update["last_error"]
+    assert update["llm_calls"] == 1 and "candidates" not in update     # nothing sent, nothing budgeted
+
+
+def test_verify_alone_stores_verified_masks_for_a_seed(tmp_path, tiny_llama):
+    from autoprune.agent.mask_files import load_masks
+
+    services = tiny_services(tiny_llama, tmp_path, ScriptedLLM({}))
+    state = start(services)
+    update = verify(state, services)
+    record = update["candidates"][WANDA_ID]
+    assert record["status"] == "ok" and update["budget_used"] == 0 and update["pending_evals"] == [[WANDA_ID, 0]]
+    masks = load_masks(tmp_path / record["masks_path"])
+    assert set(masks) == set(services.sandbox.bundle.names)
+    assert update["queue"] == ["seed-ria", "seed-magnitude"]
+
+
+@pytest.mark.docker
+def test_graph_runs_with_the_docker_sandbox(tmp_path):
+    from sandbox_support import require_docker_image
+
+    require_docker_image()
+    llm = ScriptedLLM({**default_replies(), "write_code": [default_replies()["write_code"][1]]})
+    services = tiny_services(tiny_llama_model(), tmp_path, llm, budget=1, backend="docker")
+    state = build_graph(services).invoke(start(services), {"recursion_limit": 500})
+    assert state["verdicts"] == {"ok": 4} and state["budget_used"] == 1
+    assert state["final"]["test"]["uniform"] > 1
+    verdicts = [e for e in read_trace(tmp_path).events if e["type"] == "verdict"]
+    assert {e["id"] for e in verdicts} == {"seed-wanda", "seed-ria", "seed-magnitude", "g001-a0"}
+
+
+def test_finale_obs_reconstruction_scores_the_winner_and_restores_dense_weights(finished_run):
+    from autoprune.agent.finale import Variant
+    from autoprune.agent.mask_files import load_masks
+    from agent_support import random_windows
+
+    state, services, _ = finished_run
+    finale, model = services.finale, services.finale.model
+    winner = state["candidates"][state["leaderboard"][0]]
+    masks = load_masks(services.run_dir / winner["masks_path"])
+    name = next(iter(masks))
+    dense = model.get_submodule(name).weight.detach().clone()
+    variant = Variant("uniform", [0.5, 0.5], masks=masks, group=winner.get("group", "row"))
+    windows = random_windows(3, seed=4)
+    reconstructed, _ = finale.reconstructed_ppl(variant, windows)
+    assert 1 < reconstructed < float("inf")
+    assert torch.equal(model.get_submodule(name).weight, dense)
+    assert reconstructed <= state["final"]["test"]["uniform"] * 1.05     # OBS should not hurt much

@@ -1,0 +1,152 @@
+"""Self-Pruner mode: the rate search graph, its trusted validator and fallback, resume, export.
+
+The model is a tiny random Llama with the embedded tokenizer (so WikiText windows fit);
+fitness, pruning, statistics and the checkpointer are the real ones. The fast tests replay
+fixed LLM replies (a test double for the endpoint) to steer the validator down each path;
+the slow test talks to the real embedded SmolLM2 over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from agent_support import ScriptedLLM
+from autoprune.agent.rates import RatesConfig, run_rates_search
+from autoprune.agent.trace import read_trace
+from autoprune.models import LoadedModel, embedded_model_dir
+from autoprune.pruning.param_budget import kept_parameter_fraction, mean_rate_for_params
+from autoprune.pruning.structured import decoder_parameter_count, load_structured_model, prune_structured
+
+LAYERS = 4
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(embedded_model_dir())
+
+
+@pytest.fixture(scope="module")
+def small_wikitext(tmp_path_factory, wikitext_dir):
+    """The first lines of the local WikiText-2 (in a temp folder): tokenizing all of it dominates."""
+    folder = tmp_path_factory.mktemp("wikitext-small")
+    for name in ("wiki.valid.tokens", "wiki.test.raw"):
+        lines = (wikitext_dir / name).read_text(encoding="utf-8").splitlines(keepends=True)[:300]
+        (folder / name).write_text("".join(lines), encoding="utf-8")
+    return folder
+
+
+def tiny_loaded(tokenizer) -> LoadedModel:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256,
+                         tie_word_embeddings=True)
+    return LoadedModel(LlamaForCausalLM(config).eval(), tokenizer, "tiny-llama", "random")
+
+
+def tiny_config(run_dir, small_wikitext, **overrides) -> RatesConfig:
+    settings = dict(run_dir=run_dir, target_params=0.7, budget=3, population=3, data=str(small_wikitext), seqlen=64,
+                    nsamples=2, fitness_windows=2, eval_seqlen=64, eval_windows=2, speed_repeats=1, high=0.8)
+    return RatesConfig(**{**settings, **overrides})
+
+
+def vector(values) -> str:
+    return "Parents #1 and #2. Child: " + json.dumps(values)
+
+
+def test_parameter_fraction_matches_real_pruning(tokenizer):
+    loaded = tiny_loaded(tokenizer)
+    model = loaded.model
+    dense = decoder_parameter_count(model)
+    rates = [0.1, 0.6, 0.3, 0.0]
+    predicted = kept_parameter_fraction(model, rates)
+    from autoprune.data import WindowSet
+    from autoprune.pruning.calibration import collect_activation_stats
+
+    stats = collect_activation_stats(model, WindowSet(torch.randint(0, 1000, (2, 16)), "random"))
+    prune_structured(model, rates, stats)
+    assert predicted == pytest.approx(decoder_parameter_count(model) / dense)
+
+
+def test_mean_rate_for_params_lands_near_target(tokenizer):
+    model = tiny_loaded(tokenizer).model
+    rate, kept = mean_rate_for_params(model, 0.7)
+    assert 0.0 < rate < 0.9
+    assert abs(kept - 0.7) < 0.1          # KV groups are whole: the step function decides how near
+    assert kept == pytest.approx(kept_parameter_fraction(model, [rate] * LAYERS))
+
+
+def test_search_uses_repairs_and_falls_back(tmp_path, tokenizer, small_wikitext):
+    config = tiny_config(tmp_path / "run", small_wikitext)
+    target = mean_rate_for_params(tiny_loaded(tokenizer).model, 0.7, high=0.8)[0]
+    good = [round(target + d, 4) for d in (-0.1, 0.1, 0.05, -0.05)]
+    off_a_little = [round(r + 0.01, 4) for r in (target - 0.2, target + 0.2, target, target)]
+    llm = ScriptedLLM({"propose": ["I think [0.5, 0.5]", vector(good),          # bad length, then repaired
+                                   "no idea", "still no idea",                   # twice wrong: fallback
+                                   vector(off_a_little)]})                       # projected onto the mean
+    summary = run_rates_search(config, loaded=tiny_loaded(tokenizer), llm=llm)
+
+    assert summary["evaluated"] == 3
+    assert summary["outcomes"] == {"llm_repaired": 1, "fallback": 1, "projected": 1}
+    repair_prompt = llm.requests[1][1]
+    assert "got 2 rates" in repair_prompt[-1]["content"]            # the validator's reason goes back
+    events = read_trace(config.run_dir).events
+    candidates = [e for e in events if e["type"] == "candidate"]
+    assert {e["origin"] for e in candidates} >= {"uniform", "llm", "fallback"}
+    for event in candidates:
+        rates = json.loads(event["source"])
+        assert len(rates) == LAYERS and sum(rates) / LAYERS == pytest.approx(target, abs=1e-5)
+    assert sum(e["type"] == "verdict" and e["status"] == "rejected" for e in events) == 3
+    assert any(e["type"] == "note" and "fallback" in e["text"] for e in events)
+
+
+def test_final_export_reloads_and_reports_speed(tmp_path, tokenizer, small_wikitext):
+    config = tiny_config(tmp_path / "run", small_wikitext, budget=1)
+    llm = ScriptedLLM({"propose": ["garbage"]})
+    summary = run_rates_search(config, loaded=tiny_loaded(tokenizer), llm=llm)
+
+    final = summary["final"]
+    searched, dense = final["test"]["searched"], final["test"]["dense"]
+    assert searched["decoder_params"] < dense["decoder_params"]
+    assert searched["speedup"] > 0 and "test" in final["test_protocol"]
+    reloaded = load_structured_model(final["export"])
+    assert decoder_parameter_count(reloaded) == searched["decoder_params"]
+    assert json.loads((config.run_dir / "model" / "summary.json").read_text())["winner"]["id"] == final["winner"]["id"]
+
+
+def test_resume_continues_without_redoing_finished_work(tmp_path, tokenizer, small_wikitext):
+    config = tiny_config(tmp_path / "run", small_wikitext, budget=2, export=False)
+    first = run_rates_search(config, loaded=tiny_loaded(tokenizer), llm=ScriptedLLM({"propose": ["x"]}))
+    again = ScriptedLLM({"propose": ["x"]})
+    resumed = run_rates_search(RatesConfig(**{**config.__dict__, "resume": True}), loaded=tiny_loaded(tokenizer),
+                               llm=again)
+    assert again.requests == []                              # finished: nothing asked again
+    assert resumed["final"]["winner"] == first["final"]["winner"]
+    with pytest.raises(Exception, match="--resume"):
+        run_rates_search(config, loaded=tiny_loaded(tokenizer), llm=again)
+
+
+@pytest.mark.slow
+def test_search_with_the_embedded_llm(tmp_path, tokenizer, small_wikitext):
+    """End to end over HTTP: the embedded SmolLM2 proposes; the outcome counts add up honestly."""
+    from autoprune.cli import main
+
+    loaded = tiny_loaded(tokenizer)
+    model_dir = tmp_path / "tiny"
+    loaded.model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    run_dir = tmp_path / "run"
+    main(["search-rates", "--budget", "2", "--target-params", "0.7", "--run-dir", str(run_dir),
+          "--model", str(model_dir), "--data", str(small_wikitext), "--seqlen", "128", "--nsamples", "2",
+          "--fitness-windows", "2", "--eval-seqlen", "128", "--eval-windows", "2", "--population", "3", "--llm-max-tokens", "96", "--json"])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["evaluated"] == 2 and sum(summary["outcomes"].values()) == 2
+    events = read_trace(run_dir).events
+    assert sum(e["type"] == "llm_response" for e in events) >= 2
+    assert any(e["type"] == "final_result" for e in events)
