@@ -64,3 +64,21 @@ def test_registry_finds_builtins_and_rejects_unknown():
     assert get_evaluator("latency").name == "latency"
     with pytest.raises(BadInputError, match="unknown evaluator"):
         get_evaluator("no-such-evaluator")
+
+
+@needs_data
+def test_eval_command_reports_perplexity_and_zeroshot(tiny_llama_dir, wikitext_dir):
+    import json
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", "from autoprune.cli import main; main()", "eval", str(tiny_llama_dir),
+               "--data", str(wikitext_dir), "--seqlen", "64", "--windows", "2", "--tasks", "wikitext2,arc_easy,rte",
+               "--zeroshot-data", str(ZEROSHOT), "--limit", "4", "--json"]
+    result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    assert result["perplexity"] > 1 and result["protocol"]["test_windows"] == 2
+    assert set(result["zeroshot"]) == {"arc_easy", "rte"}
+    assert all(row["n"] == 4 and 0 <= row["acc"] <= 1 for row in result["zeroshot"].values())
+    bad = subprocess.run(command[:3] + ["eval", str(tiny_llama_dir), "--tasks", "mmlu", "--zeroshot-data",
+                                        str(ZEROSHOT)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown zero-shot task" in bad.stderr and "Traceback" not in bad.stderr

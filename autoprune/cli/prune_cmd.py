@@ -51,14 +51,19 @@ def evaluate(
     data: Optional[str] = typer.Option(None, help="data folder, 'wikitext2' (hub) or 'self'"),
     seqlen: int = typer.Option(512, help="tokens per window"),
     windows: Optional[int] = typer.Option(None, help="test windows (default: all)"),
+    tasks: str = typer.Option("wikitext2", help="comma list: wikitext2 and/or zero-shot tasks "
+                              "(boolq, rte, hellaswag, winogrande, arc_easy, arc_challenge, openbookqa, piqa)"),
+    zeroshot_data: Optional[str] = typer.Option(None, help="local zero-shot folder (default: the hub)"),
+    limit: Optional[int] = typer.Option(None, help="zero-shot examples per task (default: all)"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
-    """Test-split perplexity of a model (Wanda/SparseGPT protocol)."""
+    """Test-split perplexity and zero-shot accuracy (lm-eval) of a model."""
     from autoprune.pruning.config import EvalConfig, make_config
     from autoprune.pruning.pipeline import run_eval_job
 
     config = make_config(EvalConfig, model=model_dir, data=data, seqlen=seqlen, windows=windows,
-                         progress=not as_json)
+                         progress=not as_json, tasks=[t.strip() for t in tasks.split(",") if t.strip()],
+                         zeroshot_data=zeroshot_data, zeroshot_limit=limit)
     result = run_eval_job(config)
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
@@ -94,9 +99,12 @@ def print_eval_result(result: dict) -> None:
     table = Table(title=result["model"])
     table.add_column("")
     table.add_column("value")
-    table.add_row("perplexity", fmt(result["perplexity"]))
+    if result["perplexity"] is not None:
+        table.add_row("perplexity", fmt(result["perplexity"]))
+        table.add_row("test", result["protocol"]["test"])
+    for task, scores in result.get("zeroshot", {}).items():
+        table.add_row(f"{task} acc (n={scores['n']})", fmt(scores["acc"], 3))
     table.add_row("sparsity (target linears)", fmt(result["sparsity"], 4))
-    table.add_row("test", result["protocol"]["test"])
     if result.get("pruning_summary"):
         table.add_row("pruned with", f"{result['pruning_summary']['method']} / {result['pruning_summary']['allocation']}")
     Console().print(table)

@@ -83,6 +83,9 @@ class EvalConfig(BaseModel):
     windows: Optional[int] = Field(None, ge=1)
     seed: int = 0
     progress: bool = True
+    tasks: list[str] = Field(default_factory=lambda: ["wikitext2"])   # wikitext2 + zero-shot task names
+    zeroshot_data: Optional[str] = None     # local zero-shot folder (None = lm-eval's hub datasets)
+    zeroshot_limit: Optional[int] = Field(None, ge=1)
 
 
 def make_config(cls, **values):

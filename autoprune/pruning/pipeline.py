@@ -99,15 +99,26 @@ def run_prune_job(config: PruneConfig) -> dict:
 
 
 def run_eval_job(config: EvalConfig) -> dict:
-    """Test perplexity of a saved model (e.g. one `prune --out` exported)."""
+    """Test perplexity (task `wikitext2`) and zero-shot accuracy (lm-eval tasks) of a saved model."""
     quiet_transformers()
     loaded = load_model(config.model)
-    corpus = load_corpus(config.data, model=loaded.model, tokenizer=loaded.tokenizer, seed=config.seed)
-    test = test_windows(loaded.tokenizer, corpus, nwindows=config.windows, seqlen=config.seqlen)
-    ppl = evaluate_perplexity(loaded.model, test, config.progress)
-    return {"model": loaded.name, "model_source": loaded.source, "perplexity": ppl,
-            "protocol": {"test": test.description, "seqlen": config.seqlen, "test_windows": len(test)},
-            "sparsity": measured_sparsity(loaded.model), "pruning_summary": prune_summary_of(config.model)}
+    result = {"model": loaded.name, "model_source": loaded.source, "perplexity": None, "protocol": {},
+              "sparsity": measured_sparsity(loaded.model), "pruning_summary": prune_summary_of(config.model)}
+    if "wikitext2" in config.tasks:
+        corpus = load_corpus(config.data, model=loaded.model, tokenizer=loaded.tokenizer, seed=config.seed)
+        test = test_windows(loaded.tokenizer, corpus, nwindows=config.windows, seqlen=config.seqlen)
+        result["perplexity"] = evaluate_perplexity(loaded.model, test, config.progress)
+        result["protocol"] = {"test": test.description, "seqlen": config.seqlen, "test_windows": len(test)}
+    zeroshot_tasks = [t for t in config.tasks if t != "wikitext2"]
+    if zeroshot_tasks:
+        from autoprune.evaluators.zeroshot import zeroshot_accuracy
+
+        data_dir = Path(config.zeroshot_data) if config.zeroshot_data else None
+        result["zeroshot"] = zeroshot_accuracy(loaded.model, loaded.tokenizer, zeroshot_tasks,
+                                               data_dir=data_dir, limit=config.zeroshot_limit)
+        result["protocol"]["zeroshot"] = {"harness": "lm-eval 0-shot", "source": str(data_dir or "hub"),
+                                          "limit": config.zeroshot_limit}
+    return result
 
 
 def measured_sparsity(model) -> float:
