@@ -44,6 +44,7 @@ class RunConfig(BaseModel):
     max_llm_calls: Optional[int] = Field(None, ge=1, description="default: 6 per budgeted candidate + 10")
     max_tokens: Optional[int] = Field(None, ge=1, description="default: 20000 per budgeted candidate")
     code_mode: Literal["auto", "program", "expression"] = "auto"
+    prompts: str = Field("gcot", description="prompt set (entry-point group autoprune.prompts)")
     temperature: float = Field(0.8, ge=0.0, le=2.0)
     llm_max_tokens: int = Field(768, ge=16, description="cap per reply; short-answer nodes ask for less")
     llm_timeout_s: float = Field(600.0, gt=0, description="per request; a CPU-served model can be slow")
@@ -51,6 +52,14 @@ class RunConfig(BaseModel):
     sdsa_lambdas: list[float] = Field(default_factory=lambda: [0.04, 0.08])
     candidate_timeout_s: float = Field(600.0, gt=0)
     export_model: bool = True
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompt_set_installed(cls, value: str) -> str:
+        from autoprune.prompts.registry import get_prompt_set
+
+        get_prompt_set(value)   # an unknown or broken set fails before any work starts
+        return value
 
     @field_validator("pattern")
     @classmethod

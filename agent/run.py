@@ -117,7 +117,7 @@ def build_services(config: RunConfig, run_dir: Path, trace: RunTrace, prepared, 
                     calibration=prepared.calibration, stats=prepared.stats, runner=runner, fitness=prepared.fitness,
                     test_windows_fn=lambda: prepared.test_windows(config), config=config, run_dir=run_dir)
     budget = Budget(config.budget, config.llm_call_cap, config.token_cap)
-    return AgentServices(config=config, run_dir=run_dir, trace=trace, llm=llm, prompts=get_prompt_set("gcot"),
+    return AgentServices(config=config, run_dir=run_dir, trace=trace, llm=llm, prompts=get_prompt_set(config.prompts),
                          sandbox=runner, fitness=prepared.fitness, budget=budget, context=context, finale=finale)
 
 

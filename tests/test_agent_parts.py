@@ -164,3 +164,12 @@ def test_live_status_shows_budget_verdicts_best_and_wanda():
     text = console.export_text()
     for expected in ("evaluate", "3/5 candidates", "crashed 2, ok 4", "g002-a0 ppl 21.50", "ppl 22.25", "900 prompt"):
         assert expected in text
+
+
+def test_run_config_checks_the_prompt_set_is_installed():
+    from autoprune.agent.config import make_config
+    from autoprune.errors import BadInputError
+
+    assert make_config(budget=1).prompts == "gcot"
+    with pytest.raises(BadInputError, match="unknown prompt set 'no-such-set'"):
+        make_config(budget=1, prompts="no-such-set")

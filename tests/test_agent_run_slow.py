@@ -106,3 +106,29 @@ def test_killed_run_resumes_and_finishes_without_lost_or_duplicated_candidates(t
     assert "Wanda" in report and "Test perplexity" in report
     assert (run_dir / "model" / "config.json").is_file()
     assert sum(summary["verdicts"].values()) == len(verdicts)
+
+    # The same real CLI run opens in the report builder and the replay UI (issue: replay/report on `run`).
+    reported = subprocess.run(cli("report", str(run_dir), "--out", str(tmp_path / "report")),
+                              capture_output=True, text=True, timeout=600, env=ENV)
+    assert reported.returncode == 0, reported.stderr[-2000:]
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "Wanda" in html and "<img" in html
+    assert list((tmp_path / "report").glob("*.png"))
+    assert_replay_shows_the_run(run_dir, set(candidates))
+
+
+def assert_replay_shows_the_run(run_dir, candidate_ids):
+    import asyncio
+
+    from textual.widgets import DataTable
+
+    from autoprune.tui import ReplayApp
+
+    async def drive():
+        app = ReplayApp(run_dir)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await pilot.pause()
+            assert {"verify", "evaluate", "tournament", "finalize"} <= {s.node for s in app.live.view.steps}
+            assert candidate_ids <= set(app.live.view.candidates)
+            assert app.query_one("#candidates", DataTable).row_count == len(app.live.view.candidates)
+    asyncio.run(drive())

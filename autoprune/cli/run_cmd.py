@@ -32,6 +32,7 @@ def run(
     fitness_levels: Optional[str] = typer.Option(None, help="windows per fidelity level, e.g. 2,8,32"),
     test_windows: Optional[int] = typer.Option(None, help="test windows of the final evaluation (default: all)"),
     code_style: Optional[str] = typer.Option(None, help="auto | program | expression"),
+    prompts: Optional[str] = typer.Option(None, help="prompt set to use (default gcot; see `plugins`)"),
     llm_max_tokens: Optional[int] = typer.Option(None, help="cap on each LLM reply (default 768)"),
     reconstruct: bool = typer.Option(False, "--reconstruct", help="also report the winner with OBS reconstruction"),
     as_json: bool = typer.Option(False, "--json", help="print a machine-readable summary at the end"),
@@ -48,7 +49,7 @@ def run(
                              llm_base_url=llm_base_url, llm_model=llm_model, sandbox=sandbox, gpus=gpus, data=data,
                              out=out, seed=seed, calibration_samples=nsamples, seqlen=seqlen,
                              fitness_levels=levels, test_windows=test_windows, code_mode=code_style,
-                             llm_max_tokens=llm_max_tokens,
+                             llm_max_tokens=llm_max_tokens, prompts=prompts,
                              reconstruct=reconstruct or None)
         summary = run_agent(config, live=not as_json)
     if as_json:
