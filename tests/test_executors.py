@@ -10,7 +10,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
 
 from autoprune.agent.executors import EvaluationTask, LocalPoolExecutor, SerialExecutor, WorkerSpec, make_executor
 from autoprune.data import calibration_windows, load_corpus
@@ -28,25 +27,17 @@ CANDIDATES = {
 
 
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory, wikitext_dir):
-    """A tiny Llama saved with the embedded tokenizer, plus its scoring bundle."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+def small_run(tiny_llama_dir, wikitext_dir):
+    """The shared tiny Llama (embedded tokenizer) plus its scoring bundle."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from autoprune.models import embedded_model_dir
-
-    folder = tmp_path_factory.mktemp("tiny-model")
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256)
-    model = LlamaForCausalLM(config).eval()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     corpus = load_corpus(str(wikitext_dir))
     stats = collect_activation_stats(model, calibration_windows(tokenizer, corpus, nsamples=2, seqlen=64, seed=0))
-    bundle = write_scoring_bundle(model, stats, folder / "bundle")
-    return WorkerSpec(bundle_dir=str(bundle.folder), model=str(folder), data=str(wikitext_dir), seqlen=64,
-                      levels=(2, 4), sparsity=0.5, backend="process")
+    bundle = write_scoring_bundle(model, stats, tiny_llama_dir.parent / "executor-bundle")
+    return WorkerSpec(bundle_dir=str(bundle.folder), model=str(tiny_llama_dir), data=str(wikitext_dir),
+                      seqlen=64, levels=(2, 4), sparsity=0.5, backend="process")
 
 
 def tasks() -> list[EvaluationTask]:
