@@ -5,27 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autoprune.adapters import adapter_for
+from autoprune.data import WindowSet
 from autoprune.errors import BadInputError, ModelLoadError
-from autoprune.pruning.stats import RunningChannelStats
+from autoprune.pruning.calibration import collect_activation_stats
 from autoprune.pruning.structured import (decoder_parameter_count, load_structured_model, prune_structured,
                                           structure_for_rates)
 
 
 def hooked_stats(model, ids):
-    """Dense input statistics of every target linear (one forward pass)."""
-    adapter = adapter_for(model)
-    running, hooks = {}, []
-    for i, block in enumerate(adapter.blocks(model)):
-        for name, module in adapter.linears(block).items():
-            key = f"{adapter.blocks_path}.{i}.{name}"
-            running[key] = RunningChannelStats(module.in_features)
-            hooks.append(module.register_forward_hook(lambda m, inp, out, k=key: running[k].update(inp[0])))
-    with torch.no_grad():
-        model(ids)
-    for hook in hooks:
-        hook.remove()
-    return {k: r.finish(layer_index=0, num_layers=1, name=k) for k, r in running.items()}
+    """Dense input statistics of every target linear (the calibration code the product uses)."""
+    return collect_activation_stats(model, WindowSet(ids, "test windows"))
 
 
 def test_prune_shrinks_model_and_keeps_gqa_ratio(tiny_llama):
