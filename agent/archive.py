@@ -8,8 +8,9 @@ Wanda is the reference every report compares the winner with.
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Optional
 
 from autoprune.agent.state import AgentState, CandidateRecord
 
@@ -96,3 +97,31 @@ def level_words(record: Mapping) -> str:
     level = record.get("level", -1)
     n = len(record.get("nll", {}).get(str(level), []))
     return f"fidelity level {level}, {n} windows"
+
+
+def metric_fingerprint(source: str) -> str:
+    """What a candidate computes, ignoring docstrings, comments and formatting.
+
+    Two sources with one fingerprint prune identically, so the second is not worth
+    a sandbox run: write_code sends it back to the LLM as "already tested".
+    """
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return source.strip()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def already_tested(state: AgentState, run_dir: Path, source: str) -> Optional[CandidateRecord]:
+    """The earlier candidate (seeds included) that computes the same metric as `source`, if any."""
+    fingerprint = metric_fingerprint(source)
+    for record in state.get("candidates", {}).values():
+        path = Path(run_dir) / record["path"]
+        if path.is_file() and metric_fingerprint(path.read_text(encoding="utf-8")) == fingerprint:
+            return record
+    return None

@@ -154,7 +154,7 @@ def validate_expression(expr: str) -> ast.Expression:
     except SyntaxError as exc:
         raise CandidateFormatError(f"`{expr[:120]}` is not a Python expression ({exc.msg}). "
                                    + EXPRESSION_HINT) from exc
-    uses_inputs = False
+    uses_weights = False
     for node in ast.walk(tree):
         if not isinstance(node, _ALLOWED_NODES):
             raise CandidateFormatError(f"`{type(node).__name__}` is not allowed in the expression "
@@ -165,11 +165,12 @@ def validate_expression(expr: str) -> ast.Expression:
                                        + EXPRESSION_HINT)
         if isinstance(node, ast.Name):
             _check_name(node)
-            uses_inputs |= node.id in ("W", "X")
+            uses_weights |= node.id == "W"
         if isinstance(node, ast.Attribute):
             _check_attribute(node)
-    if not uses_inputs:
-        raise CandidateFormatError("the expression must use W or X (a constant scores every weight alike). "
+    if not uses_weights:
+        raise CandidateFormatError("the expression must use W: without it every weight of an input "
+                                   "column scores alike and whole input channels are removed. "
                                    + EXPRESSION_HINT)
     return tree
 

@@ -10,13 +10,14 @@ skewness SDSA needs); trusted code verifies, allocates and evaluates.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from autoprune.agent.archive import SEED_HYPOTHESES, WANDA_ID, read_source
+from autoprune.agent.archive import SEED_HYPOTHESES, SEED_SOURCES, WANDA_ID, read_source
 from autoprune.agent.fitness import FitnessService, perplexity_of
 from autoprune.pruning.apply import masks_applied
 from autoprune.agent.mask_files import load_masks
@@ -122,8 +123,10 @@ class Finale:
         self.timings["test"] += time.perf_counter() - started
         return value
 
-    def reconstructed_ppl(self, variant: Variant, windows) -> tuple[float, dict]:
-        """Winner masks + OBS update of the surviving weights (DESIGN §5), weights restored after."""
+    @contextmanager
+    def reconstructed(self, variant: Variant):
+        """Inside: the variant's masks with an OBS update of the surviving weights (DESIGN §5).
+        The dense weights are restored on the way out."""
         from autoprune.pruning.apply import restore, snapshot_weights
         from autoprune.pruning.loop import prune_model
         from autoprune.pruning.methods import PrecomputedMasks
@@ -134,9 +137,18 @@ class Finale:
             prune_model(self.model, self.calibration, method=PrecomputedMasks(variant.masks, layer_sparsity,
                         group=variant.group), sparsity=self.config.sparsity, pattern=self.runner.pattern,
                         reconstruct=True, progress=False)
-            return self.test_ppl(None, windows), {}
+            yield
         finally:
             restore(self.model, snapshot)
+
+    def wanda_owl_ppl(self, variants: list[Variant], windows) -> Optional[float]:
+        """Wanda with OWL's allocation: the stronger baseline the winner must also beat."""
+        owl = next((v for v in variants if v.name == "owl"), None)
+        if owl is None:
+            return None
+        reference = Variant("wanda_owl", owl.block_sparsity)
+        self.masks_for(SEED_SOURCES[WANDA_ID], reference)
+        return self.test_ppl(reference.masks, windows)
 
     # ---- the whole finale ----
     def run(self, state: dict) -> dict:
@@ -167,10 +179,12 @@ class Finale:
         if wanda_masks is not None:
             test["wanda_uniform"] = self.test_ppl(wanda_masks, windows)
         for variant in reported:
-            variant.test_ppl = test[variant.name.split("(")[0]] = self.test_ppl(variant.masks, windows)
-        if self.config.reconstruct:
-            test[f"{chosen.name.split('(')[0]}_reconstructed"], _ = self.reconstructed_ppl(chosen, windows)
-        exported = self._export(chosen, state, test, windows) if self.config.export_model else None
+            same_as_wanda = variant.masks is winner_masks and winner_id == WANDA_ID and "wanda_uniform" in test
+            variant.test_ppl = test[variant.name.split("(")[0]] = (
+                test["wanda_uniform"] if same_as_wanda else self.test_ppl(variant.masks, windows))
+        if wanda_masks is not None:
+            test["wanda_owl"] = test.get("owl") if winner_id == WANDA_ID else self.wanda_owl_ppl(variants, windows)
+        exported = self._finish(chosen, state, test, windows)
         wins = paired_wins(win_nlls, wanda_nlls) if wanda_nlls else None
         return {
             "best_llm": self._best_llm(state, wanda_nlls),
@@ -203,11 +217,22 @@ class Finale:
                 "wanda_ppl_same_windows": perplexity_of(ref) if ref else None,
                 "paired_wins_vs_wanda": paired_wins(mine, ref) if ref else None}
 
-    def _export(self, chosen: Variant, state: dict, test: dict, windows) -> Path:
+    def _finish(self, chosen: Variant, state: dict, test: dict, windows) -> Optional[Path]:
+        """Test the reconstructed variant when asked (it is then what gets exported), and export."""
+        if not self.config.reconstruct:
+            return self._export(chosen, state, test, windows) if self.config.export_model else None
+        with self.reconstructed(chosen):
+            test[f"{chosen.name.split('(')[0]}_reconstructed"] = self.test_ppl(None, windows)
+            if self.config.export_model:
+                return self._export(chosen, state, test, windows, reconstructed=True)
+        return None
+
+    def _export(self, chosen: Variant, state: dict, test: dict, windows, *, reconstructed: bool = False) -> Path:
         from autoprune.pruning.export import export_pruned_model
 
         started = time.perf_counter()
         summary = {"method": f"agent winner {state['leaderboard'][0]}", "allocation": chosen.name,
+                   "reconstructed": reconstructed,
                    "target_sparsity": self.config.sparsity, "pattern": self.config.pattern,
                    "block_sparsity": chosen.block_sparsity, "perplexity": {"test": test},
                    "protocol": {"calibration": self.calibration.description, "test": windows.description}}

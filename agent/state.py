@@ -22,10 +22,12 @@ class CandidateRecord(TypedDict, total=False):
     hypothesis: str                 # name of the hypothesis it tests ("" for seeds)
     path: str                       # candidates/<id>.py, relative to the run folder
     parent: Optional[str]           # the candidate this one repairs
-    status: str                     # "written" until verified, then the sandbox verdict status
+    status: str                     # "written" until verified, then the sandbox verdict status, or
+                                    # "duplicate" (verified, but its masks equal an earlier candidate's)
     message: str                    # the verdict's message (the exact error for failures)
     masks_path: Optional[str]       # candidates/<id>.masks.safetensors while it is kept
     group: str                      # how its scores became masks: "row" | "layer"
+    mask_digest: Optional[str]      # sha256 over all its masks, to spot candidates that prune alike
     nll: dict[str, list[float]]     # fidelity level (as str) -> per-window NLLs
     fitness: Optional[float]        # perplexity at its highest level
     level: int                      # highest fidelity level evaluated (-1 = none)

@@ -36,7 +36,7 @@ DEFAULT_CONTEXT: dict[str, Any] = {
     "analysis": "(no analysis yet)", "archive": "The archive is empty.", "archive_brief": "",
     "insights": "No hypotheses tested yet.", "n_hypotheses": 1, "hypothesis": "", "has_gram": False,
     "error": "", "source": "", "expression": "", "results": "(no results yet)",
-    "example_offset": None, "n_examples": 3,
+    "example_offset": None, "n_examples": 3, "elite": [],
 }
 
 

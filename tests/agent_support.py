@@ -20,7 +20,7 @@ from autoprune.agent.llm_journal import JournaledLLM
 from autoprune.agent.services import AgentServices, CandidateRunner, RunContext, RunTrace
 from autoprune.data import WindowSet
 
-GOOD_EXPRESSION = "```python\nW.abs() * X.sq_mean.sqrt()\n```"
+GOOD_EXPRESSION = "```python\nW.abs() * X.max_abs\n```"
 CRASHING_EXPRESSION = "```python\nW.abs() * X.norm[:3]\n```"      # passes the gate, fails to broadcast
 
 

@@ -20,7 +20,7 @@ from autoprune.agent.nodes.write_code import write_code
 from autoprune.agent.state import initial_state
 from autoprune.agent.trace import read_trace
 
-from agent_support import ScriptedLLM, default_replies, tiny_services
+from agent_support import GOOD_EXPRESSION, ScriptedLLM, default_replies, tiny_services
 
 
 def tiny_llama_model():
@@ -184,7 +184,30 @@ def test_finale_obs_reconstruction_scores_the_winner_and_restores_dense_weights(
     dense = model.get_submodule(name).weight.detach().clone()
     variant = Variant("uniform", [0.5, 0.5], masks=masks, group=winner.get("group", "row"))
     windows = random_windows(3, seed=4)
-    reconstructed, _ = finale.reconstructed_ppl(variant, windows)
+    with finale.reconstructed(variant):
+        inside = model.get_submodule(name).weight.detach().clone()
+        reconstructed = finale.test_ppl(None, windows)
+    keep = masks[name]
+    assert not inside[~keep].any()                                     # pruned weights are zero
+    assert not torch.equal(inside[keep], dense[keep])                  # survivors were updated (OBS)
     assert 1 < reconstructed < float("inf")
     assert torch.equal(model.get_submodule(name).weight, dense)
     assert reconstructed <= state["final"]["test"]["uniform"] * 1.05     # OBS should not hurt much
+
+
+def test_duplicates_cost_no_fitness_and_go_back_to_the_llm(tmp_path):
+    """A metric that prunes exactly like an earlier one (identical masks) is not evaluated; the same
+    metric written twice is not even sent to the sandbox. Both come back as repair errors."""
+    same_masks_as_wanda = "```python\nW.abs() * X.norm * 1.0\n```"
+    replies = {**default_replies(), "write_code": [same_masks_as_wanda, GOOD_EXPRESSION, GOOD_EXPRESSION,
+                                                   "```python\nW.abs().sqrt() * X.norm\n```"]}
+    llm = ScriptedLLM(replies)
+    services = tiny_services(tiny_llama_model(), tmp_path, llm, budget=3)
+    state = build_graph(services).invoke(start(services), {"recursion_limit": 500})
+    twin = state["candidates"]["g001-a0"]
+    assert twin["status"] == "duplicate" and WANDA_ID in twin["message"] and twin.get("fitness") is None
+    assert "g001-a0" not in state["leaderboard"] and state["verdicts"]["duplicate"] == 1
+    prompts = [m[-1]["content"] for node, m in llm.requests if node == "write_code"]
+    assert "identical masks" in prompts[1] and "already tested as g001-a1" in prompts[3]
+    assert "g002-a0" not in state["candidates"] and state["candidates"]["g002-a1"]["status"] == "ok"
+    assert state["budget_used"] == 3

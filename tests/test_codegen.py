@@ -118,7 +118,8 @@ def test_expression_extraction_fixes_small_model_habits(reply, expected):
     ("W.__class__", "underscore"),
     ("[w for w in W]", "not allowed"),
     ("X.norm.cuda()", "cuda"),
-    ("1.0 + 2", "must use W or X"),
+    ("1.0 + 2", "must use W"),
+    ("X.norm * X.max_abs", "whole input channels"),
 ])
 def test_expression_validation_rejects_with_hint(expr, needle):
     with pytest.raises(CandidateFormatError, match=needle):
@@ -128,7 +129,7 @@ def test_expression_validation_rejects_with_hint(expr, needle):
 @pytest.mark.parametrize("expr", [
     "W.abs() * X.norm",
     "(W.abs() / W.abs().sum(dim=1, keepdim=True) + W.abs() / W.abs().sum(dim=0, keepdim=True)) * X.norm.sqrt()",
-    "X.norm",                                    # per-channel only: broadcast to W's shape
+    "W.sum() * X.norm",                          # per-channel, broadcast to W's shape
     "W.abs() * X.norm * (1 + X.layer_index / X.num_layers)",
     "torch.log1p(W.abs()) * X.max_abs.clamp(min=1e-6).sqrt() * math.pi",
 ])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from typing import Any
 
 from autoprune.agent.archive import read_source
@@ -12,7 +13,7 @@ from autoprune.agent.state import AgentState, add_timing
 
 NODE_SEED_OFFSETS = {"analyse": 1, "hypothesise": 2, "write_code": 3, "reflect": 4}
 # Replies asked for are short (bullets, one line, one expression): a CPU-served model should not ramble on.
-NODE_MAX_TOKENS = {"analyse": 200, "hypothesise": 120, "reflect": 200}
+NODE_MAX_TOKENS = {"analyse": 200, "hypothesise": 80, "reflect": 120}
 EXPRESSION_MAX_TOKENS = 160
 
 
@@ -50,6 +51,7 @@ def prompt_context(services: AgentServices, state: AgentState) -> dict:
             "model_profile": services.context.model_profile, "analysis": state.get("analysis") or None,
             "insights": InsightGraph.from_dict(state.get("insights")).render(),
             "archive_brief": archive_entries(services, state, with_code=False),
+            "elite": archive_entries(services, state, with_code=False),
             "archive": archive_entries(services, state, with_code=True),
             "has_gram": services.context.has_gram, "code_style": services.context.code_style}
 
@@ -68,9 +70,18 @@ def archive_entries(services: AgentServices, state: AgentState, *, with_code: bo
 
 
 def expression_of(source: str) -> str:
-    """The scoring expression of a one-line candidate (expression template or a single return)."""
-    returns = [ln.strip()[len("return "):] for ln in source.splitlines() if ln.strip().startswith("return ")]
-    assigned = [ln.strip()[len("s = "):] for ln in source.splitlines() if ln.strip().startswith("s = ")]
-    if assigned:
-        return assigned[-1]
-    return returns[0] if len(returns) == 1 and "broadcast_to" not in returns[0] else ""
+    """The scoring expression of a one-line candidate (`s = expr` template or a lone `return expr`), else ""."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return ""
+    score = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "score"), None)
+    if score is None:
+        return ""
+    body = [n for n in score.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    if len(body) == 1 and isinstance(body[0], ast.Return) and body[0].value is not None:
+        return ast.unparse(body[0].value)
+    if (len(body) == 2 and isinstance(body[0], ast.Assign) and [ast.unparse(t) for t in body[0].targets] == ["s"]
+            and isinstance(body[1], ast.Return) and "broadcast_to" in ast.unparse(body[1])):
+        return ast.unparse(body[0].value)
+    return ""

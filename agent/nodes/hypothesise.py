@@ -31,7 +31,8 @@ def unique_name(name: str, known: dict, generation: int) -> str:
 
 def hypothesise(state: AgentState, services: AgentServices) -> dict:
     generation = int(state.get("generation", 0)) + 1
-    exchange, accounting = ask(services, {**state, "generation": generation}, "hypothesise", n_hypotheses=1)
+    exchange, accounting = ask(services, {**state, "generation": generation}, "hypothesise", n_hypotheses=1,
+                                 example_offset=generation)
     hypothesis = parse_hypothesis(exchange.text, generation)
     graph = InsightGraph.from_dict(state.get("insights"))
     hypothesis["name"] = unique_name(hypothesis["name"], graph.hypotheses, generation)

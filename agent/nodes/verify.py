@@ -9,6 +9,8 @@ repair turn of write_code.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from autoprune.agent.archive import read_source
@@ -16,6 +18,7 @@ from autoprune.agent.mask_files import save_masks
 from autoprune.agent.services import AgentServices, SandboxOutcome
 from autoprune.agent.state import AgentState, add_count, add_timing, with_candidate
 from autoprune.errors import MaskError
+from autoprune.pruning.masks import pack_mask
 
 
 def check_masks(outcome: SandboxOutcome, services: AgentServices) -> None:
@@ -27,6 +30,21 @@ def check_masks(outcome: SandboxOutcome, services: AgentServices) -> None:
             raise MaskError(f"no mask for {spec.name}")
         if tuple(masks[spec.name].shape) != tuple(spec.shape) or masks[spec.name].dtype != torch.bool:
             raise MaskError(f"{spec.name}: mask {tuple(masks[spec.name].shape)} is not a bool mask of {spec.shape}")
+
+
+def masks_digest(masks: dict[str, torch.Tensor]) -> str:
+    """One hash of every layer's keep-mask: equal digests prune identically."""
+    digest = hashlib.sha256()
+    for name in sorted(masks):
+        digest.update(name.encode("utf-8"))
+        digest.update(pack_mask(masks[name]))
+    return digest.hexdigest()
+
+
+def same_masks_as(state: AgentState, digest: str) -> str | None:
+    """The earlier verified candidate with exactly these masks, if any."""
+    return next((cid for cid, rec in state.get("candidates", {}).items()
+                 if rec.get("mask_digest") == digest and rec.get("status") == "ok"), None)
 
 
 def verify(state: AgentState, services: AgentServices) -> dict:
@@ -42,11 +60,20 @@ def verify(state: AgentState, services: AgentServices) -> dict:
     layer_sparsity = services.sandbox.uniform_sparsity()
     outcome = services.sandbox.run(read_source(services.run_dir, record), layer_sparsity=layer_sparsity)
     status, message, masks_path = outcome.status, outcome.message, None
+    digest = None
     if status == "ok":
         try:
             check_masks(outcome, services)
-            masks_path = f"candidates/{cid}.masks.safetensors"
-            save_masks(services.run_dir / masks_path, outcome.masks)
+            digest = masks_digest(outcome.masks)
+            twin = same_masks_as(state, digest)
+            if twin is not None:
+                status, message = "duplicate", (
+                    f"it removes exactly the same weights as {twin} (identical masks), so it was not "
+                    "evaluated. A factor that is constant within a row or layer does not change which "
+                    "weights are removed: change how the weights of one row compare with each other.")
+            else:
+                masks_path = f"candidates/{cid}.masks.safetensors"
+                save_masks(services.run_dir / masks_path, outcome.masks)
         except MaskError as exc:
             status, message = "invalid-output", f"host mask check failed: {exc}"
     services.trace.emit("verdict", id=cid, status=status, message=message, group=outcome.group,
@@ -56,7 +83,7 @@ def verify(state: AgentState, services: AgentServices) -> dict:
         budget_used=budget_used, verdicts=add_count(state.get("verdicts", {}), status),
         timings=add_timing(state, "sandbox", outcome.seconds),
         candidates=with_candidate(state, cid, status=status, message=message, masks_path=masks_path,
-                                  group=outcome.group))
+                                  group=outcome.group, mask_digest=digest))
     if status == "ok":
         update["pending_evals"] = list(state.get("pending_evals", [])) + [[cid, 0]]
     elif is_llm:

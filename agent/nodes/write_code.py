@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autoprune.agent.archive import candidate_path, read_source
+from autoprune.agent.archive import already_tested, candidate_path, read_source
 from autoprune.agent.codegen import candidate_from_reply
 from autoprune.agent.expression import CandidateFormatError
 from autoprune.agent.nodes.common import ask, expression_of
@@ -33,6 +33,7 @@ def write_code(state: AgentState, services: AgentServices) -> dict:
         exchange, accounting = ask(services, state, "write_code", attempt=attempt, hypothesis=statement)
     try:
         source = candidate_from_reply(exchange.text, style, hypothesis=statement)
+        duplicate_check(state, services, source)
     except CandidateFormatError as exc:
         services.trace.emit("note", text=f"generation {generation} attempt {attempt}: no usable code: {exc}")
         return {"last_error": str(exc), "repairs": attempt + 1, "queue": [], **accounting}
@@ -47,3 +48,13 @@ def write_code(state: AgentState, services: AgentServices) -> dict:
                                                                "parent")}, source=source)
     return {"candidates": with_candidate(state, cid, **record), "current": cid, "queue": [cid],
             "last_error": None, **accounting}
+
+
+def duplicate_check(state: AgentState, services: AgentServices, source: str) -> None:
+    """A metric already tested costs no sandbox run: it goes back to the LLM as an error."""
+    earlier = already_tested(state, services.run_dir, source)
+    if earlier is None:
+        return
+    result = f"perplexity {earlier['fitness']:.1f}" if earlier.get("fitness") is not None else earlier.get("status")
+    raise CandidateFormatError(f"this metric was already tested as {earlier['id']} ({result}). "
+                               "Write a DIFFERENT one that follows the hypothesis.")
