@@ -33,3 +33,16 @@ def load_masks(path: Path) -> dict[str, torch.Tensor]:
         shapes = json.loads(fh.metadata()["shapes"])
     arrays = load_file(str(path))
     return {name: unpack_mask(arrays[name].tobytes(), tuple(shapes[name])) for name in shapes}
+
+
+def load_packed(path: Path) -> dict[str, np.ndarray]:
+    """The bit-packed masks as stored (uint8 per 8 weights), without unpacking."""
+    return load_file(str(path))
+
+
+def differing_fraction(packed: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> float:
+    """Fraction of weights whose keep/prune decision differs between two packed mask sets."""
+    if set(packed) != set(other):
+        return 1.0
+    differ = sum(int(np.bitwise_count(packed[n] ^ other[n]).sum()) for n in packed)
+    return differ / max(8 * sum(a.size for a in packed.values()), 1)

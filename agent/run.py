@@ -2,7 +2,7 @@
 
 Run folder (DESIGN §7): config.json, trace.jsonl, candidates/, checkpoints.sqlite
 (LangGraph's SqliteSaver, one thread per run), llm_journal.jsonl, bundle/,
-report.md, model/ (the pruned model). `--resume` reopens the same thread: the
+report/ (Markdown, HTML, plots), model/ (the pruned model). `--resume` reopens the same thread: the
 graph continues after the last checkpointed node, so a kill loses at most the
 node in flight, and the LLM journal answers any exchange that had finished.
 """
@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import sqlite3
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -178,7 +179,20 @@ def execute(config: RunConfig, run_dir: Path, trace: RunTrace, *, resumed: bool,
             state = drive_graph(services, conn, run_id, resumed=resumed, live=live)
     summary = summarise(state, run_dir, config, wall_s=time.perf_counter() - started)
     trace.emit("run_finished", summary=summary.to_dict())
+    write_run_report(run_dir)
     return summary
+
+
+def write_run_report(run_dir: Path) -> None:
+    """report/report.md + report.html + PNGs from the finished trace (what `report RUN_DIR` writes).
+    A failure here loses nothing: the run folder is complete and `report` can be rerun."""
+    from autoprune.reports.build import build_report
+
+    try:
+        build_report(run_dir)
+    except Exception as exc:  # noqa: BLE001 - the run itself succeeded
+        print(f"warning: the report could not be written ({type(exc).__name__}: {exc}); "
+              f"run `autoprune-agent report {run_dir}`", file=sys.stderr)
 
 
 def original_run_id(run_dir: Path) -> str:

@@ -8,6 +8,7 @@ from typing import Optional
 
 from autoprune.agent.archive import WANDA_ID
 from autoprune.agent.config import RunConfig
+from autoprune.reports import REPORT_DIR, REPORT_FILE
 
 
 @dataclass
@@ -52,4 +53,4 @@ def summarise(state: dict, run_dir: Path, config: RunConfig, *, wall_s: float) -
         beats_wanda=final.get("beats_wanda"), best_llm=final.get("best_llm"), test=final.get("test", {}), verdicts=dict(state.get("verdicts", {})),
         timings=timings, tokens=dict(state.get("tokens", {})), llm_calls=int(state.get("llm_calls", 0)),
         budget_used=int(state.get("budget_used", 0)), budget=config.budget, stop_reason=state.get("stop_reason"),
-        report=final.get("report"), export=final.get("export"))
+        report=str(Path(run_dir) / REPORT_DIR / REPORT_FILE), export=final.get("export"))

@@ -9,6 +9,7 @@ baked into the image by the builder.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -31,10 +32,17 @@ STUB_PACKAGES = ("autoprune", "autoprune/pruning", "autoprune/sandbox")
 _STUB = '"""Sandbox copy: only the modules the worker needs (see autoprune.sandbox.codedir)."""\n'
 
 
+@functools.lru_cache(maxsize=1)
+def trusted_sources() -> tuple[tuple[str, bytes], ...]:
+    """The trusted modules' bytes, read once per process: the worker then runs the code this
+    process verifies masks with, even if the source tree is edited while a run is going on."""
+    return tuple((rel, src.read_bytes()) for rel, src in sorted(TRUSTED_FILES.items()))
+
+
 def code_hash() -> str:
     digest = hashlib.sha256()
-    for rel, src in sorted(TRUSTED_FILES.items()):
-        digest.update(rel.encode() + b"\0" + src.read_bytes() + b"\0")
+    for rel, data in trusted_sources():
+        digest.update(rel.encode() + b"\0" + data + b"\0")
     return digest.hexdigest()[:16]
 
 
@@ -43,8 +51,8 @@ def write_trusted_code(target: Path) -> Path:
     for package in STUB_PACKAGES:
         (target / package).mkdir(parents=True, exist_ok=True)
         (target / package / "__init__.py").write_text(_STUB)
-    for rel, src in TRUSTED_FILES.items():
-        shutil.copyfile(src, target / rel)
+    for rel, data in trusted_sources():
+        (target / rel).write_bytes(data)
     for root, dirs, files in os.walk(target):
         os.chmod(root, 0o755)
         for name in files:

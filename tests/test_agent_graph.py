@@ -74,12 +74,15 @@ def test_finale_reports_allocations_on_test_and_exports_a_loadable_model(finishe
 
     state, services, _ = finished_run
     final = state["final"]
-    assert set(final["test"]) >= {"dense", "wanda_uniform", "uniform", "owl", "sdsa"}
+    assert set(final["test"]) >= {"dense", "wanda_uniform", "wanda_owl", "uniform", "owl", "sdsa"}
     assert final["winner"]["id"] == state["leaderboard"][0]
     # SDSA reads the winner's per-block score skewness from the sandbox profile: blocks differ
     assert len(set(final["sdsa"]["block_sparsity"])) == 2 and final["sdsa"]["profiles"][0]["skewness"] != 0
-    report = (services.run_dir / "report.md").read_text()
-    assert "Wanda" in report and "| sdsa |" in report and final["winner"]["id"] in report
+    from autoprune.reports import build_report
+
+    report = build_report(services.run_dir).markdown.read_text()    # what the CLI writes after the run
+    assert "Wanda" in report and "sdsa" in report and final["winner"]["id"] in report
+    assert "wanda_owl" in report                                       # the stronger baseline, on test too
     exported = LlamaForCausalLM.from_pretrained(final["export"])
     down = exported.model.layers[0].mlp.down_proj.weight
     assert 0.3 < float((down == 0).float().mean()) < 0.7
@@ -199,15 +202,29 @@ def test_duplicates_cost_no_fitness_and_go_back_to_the_llm(tmp_path):
     """A metric that prunes exactly like an earlier one (identical masks) is not evaluated; the same
     metric written twice is not even sent to the sandbox. Both come back as repair errors."""
     same_masks_as_wanda = "```python\nW.abs() * X.norm * 1.0\n```"
-    replies = {**default_replies(), "write_code": [same_masks_as_wanda, GOOD_EXPRESSION, GOOD_EXPRESSION,
-                                                   "```python\nW.abs().sqrt() * X.norm\n```"]}
+    ranks_like_wanda = "```python\nW.pow(2) * X.sq_mean\n```"     # (|W|·‖X‖)² / n: a monotone transform
+    replies = {**default_replies(), "write_code": [same_masks_as_wanda, ranks_like_wanda, GOOD_EXPRESSION,
+                                                   GOOD_EXPRESSION, "```python\nW.abs().sqrt() * X.norm\n```"]}
     llm = ScriptedLLM(replies)
-    services = tiny_services(tiny_llama_model(), tmp_path, llm, budget=3)
+    services = tiny_services(tiny_llama_model(), tmp_path, llm, budget=4)
     state = build_graph(services).invoke(start(services), {"recursion_limit": 500})
-    twin = state["candidates"]["g001-a0"]
+    twin, near = state["candidates"]["g001-a0"], state["candidates"]["g001-a1"]
     assert twin["status"] == "duplicate" and WANDA_ID in twin["message"] and twin.get("fitness") is None
-    assert "g001-a0" not in state["leaderboard"] and state["verdicts"]["duplicate"] == 1
+    assert near["status"] == "duplicate" and "same weights as seed-wanda" in near["message"]
+    assert not {"g001-a0", "g001-a1"} & set(state["leaderboard"]) and state["verdicts"]["duplicate"] == 2
     prompts = [m[-1]["content"] for node, m in llm.requests if node == "write_code"]
-    assert "identical masks" in prompts[1] and "already tested as g001-a1" in prompts[3]
+    assert "identical masks" in prompts[1] and "already tested as g001-a2" in prompts[4]
     assert "g002-a0" not in state["candidates"] and state["candidates"]["g002-a1"]["status"] == "ok"
-    assert state["budget_used"] == 3
+    assert state["budget_used"] == 4
+
+    # Near twins: the same masks with one kept and one pruned weight swapped are caught as well.
+    from autoprune.agent.mask_files import load_masks
+    from autoprune.agent.nodes.verify import masks_digest, twin_of
+
+    masks = load_masks(tmp_path / state["candidates"][WANDA_ID]["masks_path"])
+    name = next(iter(masks))
+    row = masks[name][0]
+    kept, pruned = int(row.nonzero()[0]), int((~row).nonzero()[0])
+    row[kept], row[pruned] = False, True
+    reason = twin_of(state, tmp_path, masks, masks_digest(masks))
+    assert reason.startswith("it removes almost the same weights as seed-wanda")

@@ -79,7 +79,7 @@ def test_killed_run_resumes_and_finishes_without_lost_or_duplicated_candidates(t
     finally:
         os.killpg(proc.pid, signal.SIGKILL)     # the agent and its sandbox workers; the server has its own group
         proc.wait()
-    assert not (run_dir / "report.md").exists()
+    assert not (run_dir / "report" / "report.md").exists()
     resumed = subprocess.run(cli("run", "--resume", str(run_dir), "--json"), capture_output=True, text=True,
                              timeout=2400, env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -102,8 +102,8 @@ def test_killed_run_resumes_and_finishes_without_lost_or_duplicated_candidates(t
 
     assert summary["best"]["id"] and summary["wanda_fitness"] > 1
     assert set(summary["test"]) >= {"dense", "uniform", "wanda_uniform"}
-    report = (run_dir / "report.md").read_text()
-    assert "Wanda" in report and "Test perplexity" in report
+    report = Path(summary["report"]).read_text()
+    assert "Wanda" in report and "Final perplexity" in report and (run_dir / "report" / "report.html").is_file()
     assert (run_dir / "model" / "config.json").is_file()
     assert sum(summary["verdicts"].values()) == len(verdicts)
 

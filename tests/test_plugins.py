@@ -84,6 +84,31 @@ def test_installed_example_plugins_work_through_the_registries(plugin_venv):
     assert "HYPOTHESIS:" in got["hypothesise"]                                     # inherited from gcot
 
 
+def test_example_metric_and_allocator_prune_through_the_cli(plugin_venv, tiny_llama_dir, wikitext_dir):
+    """The plugin's metric and allocator are found by name by `prune`, like the built-ins."""
+    out = plugin_venv.parent / "pruned"
+    done = run_in(plugin_venv, f"""
+        from autoprune.cli import main
+        main(["prune", "--model", {str(tiny_llama_dir)!r}, "--method", "outlier-wanda", "--allocation",
+              "depth-ramp", "--sparsity", "0.5", "--data", {str(wikitext_dir)!r}, "--nsamples", "2",
+              "--seqlen", "64", "--eval-windows", "2", "--out", {str(out)!r}, "--json"])
+    """)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    blocks = summary["block_sparsity"]
+    assert summary["method"] == "outlier-wanda" and summary["allocation"] == "depth-ramp"
+    assert blocks[0] < 0.5 < blocks[-1]                                       # the ramp: early blocks kept
+    assert abs(summary["overall_sparsity"] - 0.5) < 2e-3
+
+
+def test_unknown_metric_lists_plugins_too(plugin_venv):
+    done = run_in(plugin_venv, """
+        from autoprune.cli import main
+        main(["prune", "--method", "no-such-metric", "--sparsity", "0.5"])
+    """)
+    assert done.returncode == 2 and "outlier-wanda" in done.stderr + done.stdout
+
+
 def write_broken_distribution(folder: Path) -> None:
     """An installed distribution (just its metadata) whose entry points cannot load."""
     info = folder / "broken_plugin-0.1.dist-info"

@@ -137,3 +137,20 @@ def test_bundle_round_trip(bundle):
     spec = reopened.layers[0]
     assert spec.short_name == "q_proj" and spec.num_layers == 2 and spec.group == "self_attn"
     assert oct(Path(bundle.folder).stat().st_mode)[-3:] == "755"
+
+
+def test_staged_worker_code_is_read_once_per_process(tmp_path, monkeypatch):
+    """Editing the source tree during a run must not give the container code the host does not run."""
+    from autoprune.sandbox import codedir
+
+    module = tmp_path / "masks.py"
+    module.write_text("VERSION = 1\n")
+    monkeypatch.setattr(codedir, "TRUSTED_FILES", {**codedir.TRUSTED_FILES, "autoprune/pruning/masks.py": module})
+    codedir.trusted_sources.cache_clear()
+    try:
+        staged = codedir.staged_code_dir(tmp_path / "cache")
+        module.write_text("VERSION = 2\n")                      # edited mid-run
+        assert codedir.staged_code_dir(tmp_path / "cache") == staged
+        assert (staged / "autoprune/pruning/masks.py").read_text() == "VERSION = 1\n"
+    finally:
+        codedir.trusted_sources.cache_clear()

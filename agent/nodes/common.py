@@ -14,7 +14,7 @@ from autoprune.agent.state import AgentState, add_timing
 NODE_SEED_OFFSETS = {"analyse": 1, "hypothesise": 2, "write_code": 3, "reflect": 4}
 # Replies asked for are short (bullets, one line, one expression): a CPU-served model should not ramble on.
 NODE_MAX_TOKENS = {"analyse": 200, "hypothesise": 80, "reflect": 120}
-EXPRESSION_MAX_TOKENS = 160
+EXPRESSION_MAX_TOKENS = 80
 
 
 def max_tokens_for(services: AgentServices, node: str) -> int:

@@ -10,11 +10,13 @@ repair turn of write_code.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from autoprune.agent.archive import read_source
-from autoprune.agent.mask_files import save_masks
+from autoprune.agent.mask_files import differing_fraction, load_packed, save_masks
 from autoprune.agent.services import AgentServices, SandboxOutcome
 from autoprune.agent.state import AgentState, add_count, add_timing, with_candidate
 from autoprune.errors import MaskError
@@ -32,6 +34,11 @@ def check_masks(outcome: SandboxOutcome, services: AgentServices) -> None:
             raise MaskError(f"{spec.name}: mask {tuple(masks[spec.name].shape)} is not a bool mask of {spec.shape}")
 
 
+# Masks that differ on fewer weights than this prune alike (e.g. |W|·‖X‖ vs W²·mean(x²),
+# which rank weights the same up to float rounding): not worth a fitness evaluation.
+NEAR_DUPLICATE = 1e-3
+
+
 def masks_digest(masks: dict[str, torch.Tensor]) -> str:
     """One hash of every layer's keep-mask: equal digests prune identically."""
     digest = hashlib.sha256()
@@ -41,10 +48,22 @@ def masks_digest(masks: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def same_masks_as(state: AgentState, digest: str) -> str | None:
-    """The earlier verified candidate with exactly these masks, if any."""
-    return next((cid for cid, rec in state.get("candidates", {}).items()
-                 if rec.get("mask_digest") == digest and rec.get("status") == "ok"), None)
+def twin_of(state: AgentState, run_dir: Path, masks: dict[str, torch.Tensor], digest: str) -> str | None:
+    """Why these masks are not worth evaluating: an earlier candidate prunes (almost) the same weights.
+    Exact twins are found by digest among all candidates; near twins among those whose masks are kept."""
+    candidates = state.get("candidates", {})
+    exact = next((cid for cid, rec in candidates.items()
+                  if rec.get("mask_digest") == digest and rec.get("status") == "ok"), None)
+    if exact is not None:
+        return f"it removes exactly the same weights as {exact} (identical masks)"
+    packed = {name: np.frombuffer(pack_mask(mask), dtype=np.uint8) for name, mask in masks.items()}
+    for cid, rec in candidates.items():
+        path = Path(run_dir) / rec["masks_path"] if rec.get("masks_path") else None
+        if rec.get("status") == "ok" and path is not None and path.is_file():
+            fraction = differing_fraction(packed, load_packed(path))
+            if fraction < NEAR_DUPLICATE:
+                return f"it removes almost the same weights as {cid} (masks differ on {fraction:.4%} of weights)"
+    return None
 
 
 def verify(state: AgentState, services: AgentServices) -> dict:
@@ -65,12 +84,12 @@ def verify(state: AgentState, services: AgentServices) -> dict:
         try:
             check_masks(outcome, services)
             digest = masks_digest(outcome.masks)
-            twin = same_masks_as(state, digest)
+            twin = twin_of(state, services.run_dir, outcome.masks, digest)
             if twin is not None:
                 status, message = "duplicate", (
-                    f"it removes exactly the same weights as {twin} (identical masks), so it was not "
-                    "evaluated. A factor that is constant within a row or layer does not change which "
-                    "weights are removed: change how the weights of one row compare with each other.")
+                    f"{twin}, so it was not evaluated. A factor that is constant within a row or layer, "
+                    "or a monotone transform of the whole score (squaring, sqrt, log), does not change "
+                    "which weights are removed: change how the weights of one row compare with each other.")
             else:
                 masks_path = f"candidates/{cid}.masks.safetensors"
                 save_masks(services.run_dir / masks_path, outcome.masks)

@@ -3,7 +3,12 @@
 from autoprune.reports.run_data import RunViewBuilder, load_run
 from autoprune.reports.run_model import CandidateView, RunView, Step
 
-__all__ = ["CandidateView", "RunView", "RunViewBuilder", "Step", "load_run", "build_report"]
+__all__ = ["CandidateView", "RunView", "RunViewBuilder", "Step", "load_run", "build_report", "REPORT_DIR",
+           "REPORT_FILE"]
+
+# Where a run's report goes: RUN_DIR/report/report.md (+ report.html and the PNGs beside it).
+REPORT_DIR = "report"
+REPORT_FILE = "report.md"
 
 
 def __getattr__(name: str):

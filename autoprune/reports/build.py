@@ -6,14 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from autoprune.reports import REPORT_DIR, REPORT_FILE
 from autoprune.reports.plots import draw_all
 from autoprune.reports.render_html import render_html
 from autoprune.reports.render_markdown import render_markdown
 from autoprune.reports.run_data import load_run
 from autoprune.reports.sections import build_document
-
-# Not the run folder itself: the agent's finalize writes its own short report.md there.
-REPORT_DIR = "report"
 
 
 @dataclass
@@ -30,7 +28,7 @@ def build_report(run_dir: Path, out_dir: Optional[Path] = None) -> ReportFiles:
     out = Path(out_dir) if out_dir is not None else view.run_dir / REPORT_DIR
     figures = draw_all(view, out)
     doc = build_document(view, figures)
-    markdown = out / "report.md"
+    markdown = out / REPORT_FILE
     markdown.write_text(render_markdown(doc, {n: p.name for n, p in figures.items()}), encoding="utf-8")
     page = out / "report.html"
     page.write_text(render_html(doc, figures), encoding="utf-8")

@@ -34,16 +34,29 @@ class Metric(Protocol):
     def score(self, W: Tensor, X: ActivationStats) -> Tensor: ...
 
 
+def plugin_metrics() -> dict[str, object]:
+    """Metrics other packages register under the entry-point group `autoprune.metrics`."""
+    from autoprune.plugins import loaded_plugins
+
+    return {name: obj for name, obj in loaded_plugins("autoprune.metrics").items() if name not in BUILTIN_MODULES}
+
+
 def metric_names() -> list[str]:
-    return list(BUILTIN_MODULES)
+    return [*BUILTIN_MODULES, *plugin_metrics()]
 
 
 def get_metric(name: str) -> Metric:
-    """The built-in metric called `name` ("magnitude", "wanda", "ria", "pruner-zero")."""
+    """The metric called `name`: a built-in ("magnitude", "wanda", "ria", "pruner-zero") or a plugin's."""
     module = BUILTIN_MODULES.get(name)
-    if module is None:
-        raise BadInputError(f"unknown metric {name!r} (known: {', '.join(BUILTIN_MODULES)})")
-    return importlib.import_module(f"{__name__}.{module}").METRIC
+    if module is not None:
+        return importlib.import_module(f"{__name__}.{module}").METRIC
+    plugin = plugin_metrics().get(name)
+    if plugin is None:
+        raise BadInputError(f"unknown metric {name!r} (known: {', '.join(metric_names())})")
+    metric = plugin() if isinstance(plugin, type) else plugin
+    if not isinstance(metric, Metric):
+        raise BadInputError(f"plugin metric {name!r} lacks name/group/needs_gram/needs_grad/score (see docs/plugins.md)")
+    return metric
 
 
 from autoprune.pruning.metrics.candidate import CandidateMetric  # noqa: E402  (re-export)
