@@ -52,6 +52,11 @@ class RunConfig(BaseModel):
     sdsa_lambdas: list[float] = Field(default_factory=lambda: [0.04, 0.08])
     candidate_timeout_s: float = Field(600.0, gt=0)
     export_model: bool = True
+    # Parallel evaluation (agent.executors): "serial" verifies and scores in this process, one at a
+    # time; "local" / "ray" write `workers` candidates per hypothesis and evaluate them concurrently.
+    executor: Literal["serial", "local", "ray"] = "serial"
+    workers: int = Field(1, ge=1, le=256)
+    ray_address: Optional[str] = None
 
     @field_validator("prompts")
     @classmethod
@@ -87,6 +92,21 @@ class RunConfig(BaseModel):
         if self.llm_model and not self.llm_base_url:
             raise ValueError("--llm-model needs --llm-base-url (without both, the embedded LLM is used)")
         return self
+
+    @model_validator(mode="after")
+    def _ray_needs_address(self) -> "RunConfig":
+        if self.executor == "ray" and not self.ray_address:
+            raise ValueError("--executor ray needs --ray-address (e.g. 127.0.0.1:6379 or 'auto')")
+        return self
+
+    @property
+    def parallel(self) -> bool:
+        """Candidates are written in batches and evaluated through an executor."""
+        return self.executor != "serial"
+
+    @property
+    def batch_size(self) -> int:
+        return self.workers if self.parallel else 1
 
     @property
     def sparsity_pattern(self) -> SparsityPattern:

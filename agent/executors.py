@@ -12,6 +12,7 @@ parallel evaluation gives exactly the serial results.
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
@@ -55,6 +56,9 @@ class EvaluationResult:
     nlls: Optional[list[float]] = None                       # per fitness window, when ok
     packed_masks: dict[str, bytes] = field(default_factory=dict)
     worker: str = ""
+    group: str = "row"                                       # how the scores became masks
+    sandbox_s: float = 0.0                                   # wall seconds of the sandbox run
+    fitness_s: float = 0.0                                   # wall seconds of the fitness windows
 
 
 class EvaluationWorker:
@@ -91,13 +95,17 @@ class EvaluationWorker:
         pattern = SparsityPattern.parse(self.spec.pattern)
         sparsity = task.layer_sparsity or {n: (pattern.sparsity if pattern.structured else self.spec.sparsity)
                                            for n in self.bundle.names}
+        started = time.perf_counter()
         verdict = run_candidate(task.source, self.bundle, ScoringRequest(sparsity=sparsity, pattern=pattern),
                                 backend=self.spec.backend, limits=self.limits())
         result = EvaluationResult(task.candidate_id, verdict.status, verdict.message, dict(verdict.timings),
-                                  worker=self.name)
+                                  worker=self.name, group=getattr(verdict, "group", "row"),
+                                  sandbox_s=time.perf_counter() - started)
         if verdict.ok:
             masks = verdict.masks
+            started = time.perf_counter()
             result.nlls = self.fitness.evaluate(task.candidate_id, lambda: masks, task.level)
+            result.fitness_s = time.perf_counter() - started
             result.packed_masks = {name: pack_mask(mask) for name, mask in masks.items()}
         return result
 

@@ -2,6 +2,7 @@
 
     START -> verify (generation-0 seeds) -> evaluate -> tournament -> analyse
     analyse -> hypothesise -> write_code -> verify -> evaluate -> tournament -> reflect
+    write_code --parallel runs, batch not full--> write_code (the next candidate of the batch)
     verify --failure, repairs left--> write_code (with the exact error)
     tournament --promotions--> evaluate (successive halving to higher fidelity)
     reflect -> hypothesise, until the budget is spent -> finalize -> END
@@ -41,9 +42,19 @@ def can_repair(state: AgentState, services: AgentServices) -> bool:
 
 
 def after_write_code(state: AgentState, services: AgentServices) -> str:
-    if state.get("queue"):
+    queue = state.get("queue") or []
+    if queue and len(queue) < services.config.batch_size and room_for_another(state, services):
+        return "write_code"         # parallel runs: fill the batch before the workers start
+    if queue:
         return "verify"
     return "write_code" if can_repair(state, services) else "reflect"
+
+
+def room_for_another(state: AgentState, services: AgentServices) -> bool:
+    """The budget covers the queued candidates plus one more, and the LLM caps allow a call."""
+    queued = len(state.get("queue") or [])
+    failures_left = int(state.get("repairs", 0)) <= services.config.max_repairs
+    return failures_left and services.budget.candidates_left(state) > queued and services.budget.can_submit(state)
 
 
 def after_verify(state: AgentState, services: AgentServices) -> str:

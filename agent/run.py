@@ -104,6 +104,34 @@ def sandbox_limits(config: RunConfig):
     return SandboxLimits(timeout_s=config.candidate_timeout_s, gpus=config.gpus)
 
 
+@contextlib.contextmanager
+def evaluation_executor(config: RunConfig, prepared, runner: CandidateRunner):
+    """The run's executor (None for serial runs), closed when the run ends, also on errors.
+    Its workers rebuild the run's model, fitness windows and sandbox slot from a picklable spec."""
+    if not config.parallel:
+        yield None
+        return
+    from autoprune.agent.executors import WorkerSpec, make_executor
+
+    spec = WorkerSpec(bundle_dir=str(prepared.bundle.folder.resolve()), model=config.model, data=config.data,
+                      seqlen=config.seqlen, levels=tuple(prepared.fitness.levels), sparsity=config.sparsity,
+                      pattern=config.pattern, backend=config.sandbox, limits=runner.limits)
+    gpus = None if not config.gpus else ([str(i) for i in range(gpu_count())] if config.gpus == "all"
+                                         else [g.strip() for g in config.gpus.split(",")])
+    executor = make_executor(config.executor, spec, workers=config.workers, ray_address=config.ray_address,
+                             gpus=gpus)
+    try:
+        yield executor
+    finally:
+        executor.close()
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def build_services(config: RunConfig, run_dir: Path, trace: RunTrace, prepared, llm_client, llm_words: str,
                    code_style: str) -> AgentServices:
     from autoprune.prompts.registry import get_prompt_set
@@ -165,10 +193,12 @@ def execute(config: RunConfig, run_dir: Path, trace: RunTrace, *, resumed: bool,
         trace.emit("note", text=PROCESS_SANDBOX_WARNING)
     prepared = prepare(config, run_dir)
     run_id = original_run_id(run_dir)
-    with llm_endpoint(config, run_dir) as (base_url, llm_model, embedded):
+    with contextlib.ExitStack() as stack:
+        base_url, llm_model, embedded = stack.enter_context(llm_endpoint(config, run_dir))
         style = resolve_code_style(config.code_mode, embedded_llm=embedded)
         client = LLMClient(base_url, llm_model, timeout=config.llm_timeout_s)
         services = build_services(config, run_dir, trace, prepared, client, f"{llm_model} at {base_url}", style)
+        services.executor = stack.enter_context(evaluation_executor(config, prepared, services.sandbox))
         header = {"run_id": run_id, "config": config.model_dump(mode="json"), "model": prepared.loaded.name,
                   "llm": {"base_url": base_url, "model": llm_model, "embedded": embedded},
                   "protocol": {"calibration": prepared.calibration.description,

@@ -127,4 +127,5 @@ class AgentServices:
     budget: Budget
     context: RunContext
     finale: Any = None                  # agent.finale.Finale: trusted final evaluation and export
+    executor: Any = None                # agent.executors.Executor when the run evaluates in parallel
     on_update: Optional[Callable[[str, dict], None]] = None   # live progress hook (node, update)

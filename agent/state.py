@@ -48,6 +48,7 @@ class AgentState(TypedDict, total=False):
     hypothesis: Optional[Hypothesis]
     current: Optional[str]          # candidate being written / repaired
     repairs: int                    # repairs used on the current hypothesis
+    attempts: int                   # write_code calls on the current hypothesis (numbers the candidates)
     last_error: Optional[str]       # exact error that goes back to write_code
     queue: list[str]                # written candidates waiting for the sandbox
     pending_evals: list[list]       # [candidate id, level] pairs waiting for fitness
@@ -68,7 +69,7 @@ class AgentState(TypedDict, total=False):
 def initial_state(run_id: str, seed_ids: list[str], seed_records: dict[str, CandidateRecord]) -> AgentState:
     return AgentState(
         run_id=run_id, phase="seeding", generation=0, analysis="", hypothesis=None, current=None,
-        repairs=0, last_error=None, queue=list(seed_ids), pending_evals=[], candidates=dict(seed_records),
+        repairs=0, attempts=0, last_error=None, queue=list(seed_ids), pending_evals=[], candidates=dict(seed_records),
         ratings={}, leaderboard=[], archive=[], insights={}, budget_used=0, llm_calls=0,
         tokens={"prompt": 0, "completion": 0}, verdicts={},
         timings={"llm": 0.0, "sandbox": 0.0, "fitness": 0.0}, stop_reason=None, final=None,

@@ -98,7 +98,7 @@ def test_example_metric_and_allocator_prune_through_the_cli(plugin_venv, tiny_ll
     blocks = summary["block_sparsity"]
     assert summary["method"] == "outlier-wanda" and summary["allocation"] == "depth-ramp"
     assert blocks[0] < 0.5 < blocks[-1]                                       # the ramp: early blocks kept
-    assert abs(summary["overall_sparsity"] - 0.5) < 2e-3
+    assert abs(summary["overall_sparsity"] - 0.5) < 1e-4             # exact up to one weight per layer
 
 
 def test_unknown_metric_lists_plugins_too(plugin_venv):

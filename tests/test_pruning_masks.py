@@ -21,6 +21,27 @@ def test_row_group_prunes_the_same_count_in_every_row(scores):
     verify_mask(mask, (12, 40), 0.3, group="row")
 
 
+def test_row_group_is_exact_when_a_row_count_is_fractional(scores):
+    """0.4731 of 40 columns is 18.9 per row: the first rows prune 19, the rest 18, and the layer
+    prunes round(12·40·0.4731) = 227 weights, so allocated sparsities average to the target."""
+    mask = scores_to_mask(scores, 0.4731, group="row")
+    per_row = (~mask).sum(1)
+    assert int(per_row.sum()) == round(12 * 40 * 0.4731) == 227
+    assert per_row.tolist() == [19] * 11 + [18]
+    verify_mask(mask, (12, 40), 0.4731, group="row")
+    for row in range(12):
+        assert scores[row][~mask[row]].max() <= scores[row][mask[row]].min()
+    with pytest.raises(MaskError, match="rows"):
+        verify_mask(mask.flip(0), (12, 40), 0.4731, group="row")     # the extra weight in the wrong rows
+
+
+def test_masks_match_a_stable_sort_with_ties():
+    scores = torch.randint(0, 4, (6, 32), generator=torch.Generator().manual_seed(3)).float()
+    mask = scores_to_mask(scores, 0.5, group="row")
+    order = torch.sort(scores, dim=1, stable=True).indices[:, :16]
+    assert torch.equal(mask, torch.ones_like(mask).scatter_(1, order, False))
+
+
 def test_row_group_prunes_the_lowest_scores_of_each_row(scores):
     mask = scores_to_mask(scores, 0.5, group="row")
     for row in range(12):
@@ -29,7 +50,7 @@ def test_row_group_prunes_the_lowest_scores_of_each_row(scores):
 
 def test_layer_group_prunes_exactly_and_lowest_globally(scores):
     mask = scores_to_mask(scores, 0.37, group="layer")
-    assert int((~mask).sum()) == int(12 * 40 * 0.37)
+    assert int((~mask).sum()) == round(12 * 40 * 0.37)
     assert scores[~mask].max() <= scores[mask].min()
     verify_mask(mask, (12, 40), 0.37, group="layer")
 

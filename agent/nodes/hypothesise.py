@@ -38,5 +38,5 @@ def hypothesise(state: AgentState, services: AgentServices) -> dict:
     hypothesis["name"] = unique_name(hypothesis["name"], graph.hypotheses, generation)
     graph.add_hypothesis(hypothesis["name"], hypothesis["statement"])
     services.trace.emit("hypothesis", **hypothesis)
-    return {"generation": generation, "hypothesis": hypothesis, "current": None, "repairs": 0,
+    return {"generation": generation, "hypothesis": hypothesis, "current": None, "repairs": 0, "attempts": 0,
             "last_error": None, "insights": graph.to_dict(), **accounting}

@@ -1,8 +1,10 @@
-"""verify: static gate + sandbox for the next queued candidate.
+"""verify: static gate + sandbox for the next queued candidate (or the whole queue, in parallel).
 
 `run_candidate` verifies every mask (shape, exact sparsity, N:M pattern) on the
-host. One candidate per visit, so the checkpoint after this node holds its verdict:
-a kill loses at most the candidate in flight. LLM candidates count against
+host. Serial runs send one candidate per visit, so the checkpoint after this node
+holds its verdict: a kill loses at most the candidate in flight. Parallel runs
+(`--executor local|ray`) send the queue as one batch to the executor's workers,
+which also measure level-0 fitness; the host still checks every mask. LLM candidates count against
 `--budget` when sent; seeds do not. A failure keeps its exact message for the
 repair turn of write_code.
 """
@@ -20,7 +22,7 @@ from autoprune.agent.mask_files import differing_fraction, load_packed, save_mas
 from autoprune.agent.services import AgentServices, SandboxOutcome
 from autoprune.agent.state import AgentState, add_count, add_timing, with_candidate
 from autoprune.errors import MaskError
-from autoprune.pruning.masks import pack_mask
+from autoprune.pruning.masks import pack_mask, unpack_mask
 
 
 def check_masks(outcome: SandboxOutcome, services: AgentServices) -> None:
@@ -66,45 +68,100 @@ def twin_of(state: AgentState, run_dir: Path, masks: dict[str, torch.Tensor], di
     return None
 
 
+DUPLICATE_HINT = ("so it was not evaluated. A factor that is constant within a row or layer, or a monotone "
+                  "transform of the whole score (squaring, sqrt, log), does not change which weights are "
+                  "removed: change how the weights of one row compare with each other.")
+
+
 def verify(state: AgentState, services: AgentServices) -> dict:
+    """The next queued candidate, or (parallel runs) the whole queue through the executor."""
+    if services.executor is not None:
+        return verify_batch(state, services)
     queue = list(state.get("queue", []))
-    cid, queue = queue[0], queue[1:]
-    record = state["candidates"][cid]
-    is_llm = record.get("origin") == "llm"
-    update: dict = {"queue": queue}
-    if is_llm and not services.budget.can_submit(state):
-        update["candidates"] = with_candidate(state, cid, status="not-sent", message="budget spent")
-        return update
-    budget_used = int(state.get("budget_used", 0)) + (1 if is_llm else 0)
-    layer_sparsity = services.sandbox.uniform_sparsity()
-    outcome = services.sandbox.run(read_source(services.run_dir, record), layer_sparsity=layer_sparsity)
-    status, message, masks_path = outcome.status, outcome.message, None
-    digest = None
-    if status == "ok":
+    cid = queue[0]
+    step = VerifyStep(state, services, queue=queue[1:])
+    if step.may_send(cid):
+        record = state["candidates"][cid]
+        step.record(cid, services.sandbox.run(read_source(services.run_dir, record),
+                                              layer_sparsity=services.sandbox.uniform_sparsity()))
+    return step.update
+
+
+def verify_batch(state: AgentState, services: AgentServices) -> dict:
+    """Every queued candidate at once: sandbox + masks + level-0 fitness on the executor's workers.
+    The checkpoint after this node holds the whole batch (a kill loses at most the batch in flight)."""
+    from autoprune.agent.executors import EvaluationTask
+
+    step = VerifyStep(state, services, queue=[])
+    tasks = [EvaluationTask(cid, read_source(services.run_dir, state["candidates"][cid]), level=0)
+             for cid in state.get("queue", []) if step.may_send(cid)]
+    for result in services.executor.map(tasks) if tasks else []:
+        outcome = SandboxOutcome(status=result.status, message=result.message, timings=result.timings,
+                                 masks=unpacked(result.packed_masks, services) if result.packed_masks else None,
+                                 profile=None, group=result.group, seconds=result.sandbox_s)
+        if step.record(result.candidate_id, outcome) == "ok":
+            services.fitness.prime(result.candidate_id, result.nlls)   # evaluate finds level 0 done
+            step._merge(timings=add_timing(step.view, "fitness", result.fitness_s))
+    return step.update
+
+
+def unpacked(packed: dict[str, bytes], services: AgentServices) -> dict[str, torch.Tensor]:
+    """A worker's bit-packed masks back to bool tensors (then checked like any sandbox output)."""
+    shapes = {spec.name: tuple(spec.shape) for spec in services.sandbox.bundle.layers}
+    try:
+        return {name: unpack_mask(data, shapes[name]) for name, data in packed.items()}
+    except (KeyError, MaskError) as exc:
+        raise MaskError(f"worker returned masks that do not fit the bundle: {exc}") from None
+
+
+class VerifyStep:
+    """Records verdicts one candidate at a time into the node's update (budget, counts, timings)."""
+
+    def __init__(self, state: AgentState, services: AgentServices, *, queue: list[str]):
+        self.services, self.view = services, dict(state)
+        self.update: dict = {"queue": queue}
+
+    def may_send(self, cid: str) -> bool:
+        """Seeds always; LLM candidates while the budget lasts (else marked not-sent)."""
+        if self.view["candidates"][cid].get("origin") != "llm" or self.services.budget.can_submit(self.view):
+            return True
+        self._merge(candidates=with_candidate(self.view, cid, status="not-sent", message="budget spent"))
+        return False
+
+    def record(self, cid: str, outcome: SandboxOutcome) -> str:
+        is_llm = self.view["candidates"][cid].get("origin") == "llm"
+        budget_used = int(self.view.get("budget_used", 0)) + (1 if is_llm else 0)
+        status, message, masks_path, digest = self._checked(cid, outcome)
+        self.services.trace.emit("verdict", id=cid, status=status, message=message, group=outcome.group,
+                                 timings={k: round(v, 4) for k, v in outcome.timings.items()},
+                                 submitted=budget_used if is_llm else None, budget_used=budget_used)
+        self._merge(budget_used=budget_used, verdicts=add_count(self.view.get("verdicts", {}), status),
+                    timings=add_timing(self.view, "sandbox", outcome.seconds),
+                    candidates=with_candidate(self.view, cid, status=status, message=message,
+                                              masks_path=masks_path, group=outcome.group, mask_digest=digest))
+        if status == "ok":
+            self._merge(pending_evals=list(self.view.get("pending_evals", [])) + [[cid, 0]])
+        elif is_llm:
+            self._merge(last_error=f"{status}: {message}", repairs=int(self.view.get("repairs", 0)) + 1,
+                        current=cid)
+        return status
+
+    def _checked(self, cid: str, outcome: SandboxOutcome) -> tuple[str, str, str | None, str | None]:
+        """(status, message, masks path, digest): host checks, duplicates, masks saved when new."""
+        if outcome.status != "ok":
+            return outcome.status, outcome.message, None, None
         try:
-            check_masks(outcome, services)
+            check_masks(outcome, self.services)
             digest = masks_digest(outcome.masks)
-            twin = twin_of(state, services.run_dir, outcome.masks, digest)
+            twin = twin_of(self.view, self.services.run_dir, outcome.masks, digest)
             if twin is not None:
-                status, message = "duplicate", (
-                    f"{twin}, so it was not evaluated. A factor that is constant within a row or layer, "
-                    "or a monotone transform of the whole score (squaring, sqrt, log), does not change "
-                    "which weights are removed: change how the weights of one row compare with each other.")
-            else:
-                masks_path = f"candidates/{cid}.masks.safetensors"
-                save_masks(services.run_dir / masks_path, outcome.masks)
+                return "duplicate", f"{twin}, {DUPLICATE_HINT}", None, digest
+            masks_path = f"candidates/{cid}.masks.safetensors"
+            save_masks(self.services.run_dir / masks_path, outcome.masks)
+            return "ok", "", masks_path, digest
         except MaskError as exc:
-            status, message = "invalid-output", f"host mask check failed: {exc}"
-    services.trace.emit("verdict", id=cid, status=status, message=message, group=outcome.group,
-                        timings={k: round(v, 4) for k, v in outcome.timings.items()},
-                        submitted=budget_used if is_llm else None, budget_used=budget_used)
-    update.update(
-        budget_used=budget_used, verdicts=add_count(state.get("verdicts", {}), status),
-        timings=add_timing(state, "sandbox", outcome.seconds),
-        candidates=with_candidate(state, cid, status=status, message=message, masks_path=masks_path,
-                                  group=outcome.group, mask_digest=digest))
-    if status == "ok":
-        update["pending_evals"] = list(state.get("pending_evals", [])) + [[cid, 0]]
-    elif is_llm:
-        update.update(last_error=f"{status}: {message}", repairs=int(state.get("repairs", 0)) + 1, current=cid)
-    return update
+            return "invalid-output", f"host mask check failed: {exc}", None, None
+
+    def _merge(self, **changes) -> None:  # noqa: D401 - also used by verify_batch
+        self.update.update(changes)
+        self.view.update(changes)

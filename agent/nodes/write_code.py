@@ -19,7 +19,9 @@ from autoprune.agent.state import AgentState, CandidateRecord, candidate_id, wit
 
 
 def write_code(state: AgentState, services: AgentServices) -> dict:
-    generation, attempt = int(state["generation"]), int(state.get("repairs", 0))
+    # Serial runs: attempt == repairs so far. Parallel runs also write several fresh candidates per
+    # hypothesis, so the attempt counter (not the repair counter) numbers them.
+    generation, attempt = int(state["generation"]), int(state.get("attempts", state.get("repairs", 0)))
     hypothesis = state["hypothesis"]
     statement = f"{hypothesis['name']}: {hypothesis['statement']}"
     parent = state.get("current")
@@ -36,7 +38,8 @@ def write_code(state: AgentState, services: AgentServices) -> dict:
         duplicate_check(state, services, source)
     except CandidateFormatError as exc:
         services.trace.emit("note", text=f"generation {generation} attempt {attempt}: no usable code: {exc}")
-        return {"last_error": str(exc), "repairs": attempt + 1, "queue": [], **accounting}
+        return {"last_error": str(exc), "repairs": int(state.get("repairs", 0)) + 1, "attempts": attempt + 1,
+                **accounting}
     cid = candidate_id(generation, attempt)
     path = candidate_path(cid)
     (Path(services.run_dir) / path).parent.mkdir(parents=True, exist_ok=True)
@@ -46,8 +49,9 @@ def write_code(state: AgentState, services: AgentServices) -> dict:
                              message="", masks_path=None, nll={}, fitness=None, level=-1, reflection="")
     services.trace.emit("candidate", **{k: record[k] for k in ("id", "generation", "origin", "hypothesis", "path",
                                                                "parent")}, source=source)
-    return {"candidates": with_candidate(state, cid, **record), "current": cid, "queue": [cid],
-            "last_error": None, **accounting}
+    return {"candidates": with_candidate(state, cid, **record), "current": cid,
+            "queue": list(state.get("queue", [])) + [cid], "attempts": attempt + 1, "last_error": None,
+            **accounting}
 
 
 def duplicate_check(state: AgentState, services: AgentServices, source: str) -> None:

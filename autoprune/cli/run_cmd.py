@@ -34,7 +34,11 @@ def run(
     code_style: Optional[str] = typer.Option(None, help="auto | program | expression"),
     prompts: Optional[str] = typer.Option(None, help="prompt set to use (default gcot; see `plugins`)"),
     llm_max_tokens: Optional[int] = typer.Option(None, help="cap on each LLM reply (default 768)"),
-    reconstruct: bool = typer.Option(False, "--reconstruct", help="also report the winner with OBS reconstruction"),
+    reconstruct: bool = typer.Option(False, "--reconstruct",
+                                     help="also report the winner with OBS reconstruction (and export that model)"),
+    executor: Optional[str] = typer.Option(None, help="serial | local | ray: evaluate candidates in parallel"),
+    workers: Optional[int] = typer.Option(None, help="parallel workers: CPU slices or GPUs (default 1)"),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster for --executor ray, e.g. 127.0.0.1:6379"),
     as_json: bool = typer.Option(False, "--json", help="print a machine-readable summary at the end"),
 ) -> None:
     """Search pruning metrics with the LLM agent, then prune with the winner + SDSA."""
@@ -50,7 +54,8 @@ def run(
                              out=out, seed=seed, calibration_samples=nsamples, seqlen=seqlen,
                              fitness_levels=levels, test_windows=test_windows, code_mode=code_style,
                              llm_max_tokens=llm_max_tokens, prompts=prompts,
-                             reconstruct=reconstruct or None)
+                             reconstruct=reconstruct or None, executor=executor, workers=workers,
+                             ray_address=ray_address)
         summary = run_agent(config, live=not as_json)
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=2, default=str))

@@ -51,13 +51,21 @@ class SparsityPattern:
 
 
 def pruned_count(shape: tuple[int, int], sparsity: float, group: Group, pattern: SparsityPattern) -> int:
-    """How many weights a verified mask of this shape must prune (exactly)."""
+    """How many weights a verified mask of this shape must prune (exactly): the nearest integer
+    to rows·cols·sparsity, so per-layer sparsities from an allocator average to the target."""
     rows, cols = shape
     if pattern.structured:
         return rows * (cols // pattern.m) * (pattern.m - pattern.n)
-    if group == "row":
-        return rows * int(cols * sparsity)
-    return int(rows * cols * sparsity)
+    return round(rows * cols * sparsity)
+
+
+def row_pruned_counts(shape: tuple[int, int], sparsity: float) -> tuple[int, int]:
+    """Per-row counts for row-wise masks: (base, extra): the first `extra` rows prune base + 1,
+    the others base, so the layer total is exactly `pruned_count` even when cols·sparsity
+    is not an integer."""
+    rows = max(shape[0], 1)
+    total = pruned_count(shape, sparsity, "row", SparsityPattern())
+    return total // rows, total % rows
 
 
 def check_pattern_fits(shape: tuple[int, int], pattern: SparsityPattern, name: str = "layer") -> None:
@@ -87,9 +95,13 @@ def scores_to_mask(
         order = torch.sort(blocks, dim=-1, stable=True).indices[..., : pattern.m - pattern.n]
         blocks_mask = torch.ones_like(blocks, dtype=torch.bool).scatter_(-1, order, False)
         return blocks_mask.reshape(rows, cols)
-    k = pruned_count((rows, cols), sparsity, group, pattern)
     if group == "row":
-        return lowest_pruned(scores, k // max(rows, 1))
+        base, extra = row_pruned_counts((rows, cols), sparsity)
+        mask = lowest_pruned(scores, base)
+        if extra:
+            mask[:extra] = lowest_pruned(scores[:extra], base + 1)
+        return mask
+    k = pruned_count((rows, cols), sparsity, group, pattern)
     return lowest_pruned(scores.reshape(1, -1), k).reshape(rows, cols)
 
 
@@ -127,9 +139,11 @@ def verify_mask(
         if not bool((kept == pattern.n).all()):
             raise MaskError(f"{name}: not a {pattern} pattern")
     elif group == "row":
+        base, extra = row_pruned_counts(shape, sparsity)
         per_row = (~mask).sum(1)
-        if not bool((per_row == int(cols * sparsity)).all()):
-            raise MaskError(f"{name}: rows do not all prune {int(cols * sparsity)} weights")
+        if not (bool((per_row[:extra] == base + 1).all()) and bool((per_row[extra:] == base).all())):
+            raise MaskError(f"{name}: rows must prune {base + 1} weights (first {extra} rows) or {base} "
+                            f"(the others)")
 
 
 def pack_mask(mask: torch.Tensor) -> bytes:
