@@ -49,6 +49,10 @@ class RunConfig(BaseModel):
     llm_max_tokens: int = Field(768, ge=16, description="cap per reply; short-answer nodes ask for less")
     llm_timeout_s: float = Field(600.0, gt=0, description="per request; a CPU-served model can be slow")
     reconstruct: bool = False
+    # Zero-shot accuracy in the finale (lm-eval): winner (chosen allocation), Wanda uniform, dense.
+    final_tasks: list[str] = Field(default_factory=list, description="e.g. arc_easy,piqa (empty = none)")
+    zeroshot_data: Optional[str] = Field(None, description="local task files (default: the hub)")
+    zeroshot_limit: Optional[int] = Field(None, ge=1, description="examples per task (default: all)")
     sdsa_lambdas: list[float] = Field(default_factory=lambda: [0.04, 0.08])
     candidate_timeout_s: float = Field(600.0, gt=0)
     export_model: bool = True
@@ -64,6 +68,16 @@ class RunConfig(BaseModel):
         from autoprune.prompts.registry import get_prompt_set
 
         get_prompt_set(value)   # an unknown or broken set fails before any work starts
+        return value
+
+    @field_validator("final_tasks")
+    @classmethod
+    def _known_tasks(cls, value: list[str]) -> list[str]:
+        from autoprune.evaluators.zeroshot_data import LOCAL_TASKS
+
+        unknown = [t for t in value if t not in LOCAL_TASKS]
+        if unknown:
+            raise ValueError(f"unknown zero-shot task(s) {', '.join(unknown)} (known: {', '.join(LOCAL_TASKS)})")
         return value
 
     @field_validator("pattern")

@@ -75,7 +75,7 @@ class Finale:
         self.runner, self.fitness, self.config, self.run_dir = runner, fitness, config, Path(run_dir)
         self.test_windows_fn = test_windows_fn      # called once, here only: the test split stays unread before
         self.export = export
-        self.timings = {"sandbox": 0.0, "fitness": 0.0, "test": 0.0, "export": 0.0}
+        self.timings = {"sandbox": 0.0, "fitness": 0.0, "test": 0.0, "export": 0.0, "zeroshot": 0.0}
 
     # ---- pieces ----
     def _sandbox(self, source: str, layer_sparsity: Optional[dict], mode: str):
@@ -122,6 +122,22 @@ class Finale:
                 value = perplexity(self.model, windows)
         self.timings["test"] += time.perf_counter() - started
         return value
+
+    def zeroshot(self, variants: dict[str, Optional[dict]]) -> Optional[dict]:
+        """`--final-tasks`: lm-eval zero-shot accuracy of each variant ({name: masks or None = dense})."""
+        if not self.config.final_tasks:
+            return None
+        from autoprune.evaluators.zeroshot import zeroshot_accuracy
+
+        data_dir = Path(self.config.zeroshot_data) if self.config.zeroshot_data else None
+        started, results = time.perf_counter(), {}
+        for name, masks in variants.items():
+            with masks_applied(self.model, masks or {}):
+                results[name] = zeroshot_accuracy(self.model, self.tokenizer, list(self.config.final_tasks),
+                                                  data_dir=data_dir, limit=self.config.zeroshot_limit)
+        self.timings["zeroshot"] = time.perf_counter() - started
+        return {"tasks": list(self.config.final_tasks), "source": str(data_dir or "hub"),
+                "limit": self.config.zeroshot_limit, "results": results}
 
     @contextmanager
     def reconstructed(self, variant: Variant):
@@ -184,6 +200,7 @@ class Finale:
                 test["wanda_uniform"] if same_as_wanda else self.test_ppl(variant.masks, windows))
         if wanda_masks is not None:
             test["wanda_owl"] = test.get("owl") if winner_id == WANDA_ID else self.wanda_owl_ppl(variants, windows)
+        zeroshot = self.zeroshot({"winner": chosen.masks, "wanda_uniform": wanda_masks, "dense": None})
         exported = self._finish(chosen, state, test, windows)
         wins = paired_wins(win_nlls, wanda_nlls) if wanda_nlls else None
         return {
@@ -201,6 +218,7 @@ class Finale:
                      "profiles": best_sdsa.hyper["profiles"]} if best_sdsa else None,
             "allocations": {v.name: [round(s, 4) for s in v.block_sparsity] for v in variants},
             "export": str(exported) if exported else None, "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            **({"zeroshot": zeroshot} if zeroshot else {}),
         }
 
     def _best_llm(self, state: dict, wanda_nlls) -> Optional[dict]:

@@ -106,8 +106,9 @@ def main(argv=None) -> None:
                                       seed=args.seed)
     test = test_windows(loaded.tokenizer, corpus, nwindows=args.eval_windows, seqlen=args.seqlen)
     results["protocol"] = {"model": loaded.name, "calibration": calibration.description, "test": test.description,
-                           "statistics": "dense, one-shot, shared by all configurations" if args.mode == "one-shot"
-                           else "sequential (through the pruned earlier blocks)"}
+                           "statistics": "per row (mode column): one-shot = dense statistics collected once and "
+                                         "shared by every configuration; sequential = collected block by block "
+                                         "through the already-pruned earlier blocks (Wanda/SparseGPT style)"}
     results["environment"] = environment()
     if "dense" not in results["runs"]:
         results["runs"]["dense"] = {"method": "dense", "perplexity": perplexity(model, test)}
@@ -160,6 +161,8 @@ def markdown(results: dict) -> str:
     skipped = sorted({f"{r['sparsity']} × {r['allocation']}" for r in runs.values() if "skipped" in r})
     if skipped:
         lines += ["", f"Not applicable (N:M fixes every layer's sparsity): {', '.join(skipped)}."]
+    if results.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in results["notes"]]
     return "\n".join(lines) + "\n"
 
 

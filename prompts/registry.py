@@ -29,6 +29,7 @@ GROUP = "autoprune.prompts"
 BUILTIN = "gcot"
 ROLES = ("system", "user", "assistant")
 NODES = ("analyse", "hypothesise", "write_code", "repair", "reflect")
+CODE_STYLES = ("program", "expression")     # style variants: `<node>_<style>.txt`
 
 # Defaults for every context variable a built-in template reads (see prompts/README.md).
 DEFAULT_CONTEXT: dict[str, Any] = {
@@ -49,9 +50,12 @@ class PromptSet:
     _env: Optional[jinja2.Environment] = field(default=None, repr=False, compare=False)
 
     def merged_over(self, base: "PromptSet") -> "PromptSet":
-        """This set's templates on top of `base`'s (single-template overrides)."""
-        return PromptSet(self.name, {**base.templates, **self.templates}, None,
-                         self.description or base.description)
+        """This set's templates on top of `base`'s (single-template overrides). Overriding a node's
+        template also replaces base's code-style variants of it (`reflect` hides `reflect_expression`),
+        so the override is what every run renders unless the set gives its own variants."""
+        hidden = {f"{name}_{style}" for name in self.templates for style in CODE_STYLES}
+        inherited = {k: v for k, v in base.templates.items() if k not in hidden}
+        return PromptSet(self.name, {**inherited, **self.templates}, None, self.description or base.description)
 
     def template_name(self, node: str, code_style: Optional[str] = None) -> str:
         """`write_code` + style "expression" -> "write_code_expression" when that template exists."""

@@ -141,6 +141,9 @@ def test_journal_answers_a_repeated_request_without_calling_the_llm(tmp_path):
     (["run", "--sparsity", "2"], "sparsity"),
     (["run", "--gpus", "first"], "--gpus"),
     (["run", "--resume", "/nonexistent/run"], "not a run folder"),
+    (["run", "--executor", "ray"], "--ray-address"),
+    (["run", "--executor", "slurm"], "executor"),
+    (["run", "--workers", "0"], "workers"),
 ])
 def test_cli_run_rejects_bad_input_with_one_line_and_exit_2(args, message, capsys):
     from autoprune.cli import main

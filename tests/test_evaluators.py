@@ -73,12 +73,40 @@ def test_eval_command_reports_perplexity_and_zeroshot(tiny_llama_dir, wikitext_d
     import sys
 
     command = [sys.executable, "-c", "from autoprune.cli import main; main()", "eval", str(tiny_llama_dir),
-               "--data", str(wikitext_dir), "--seqlen", "64", "--windows", "2", "--tasks", "wikitext2,arc_easy,rte",
-               "--zeroshot-data", str(ZEROSHOT), "--limit", "4", "--json"]
+               "--data", str(wikitext_dir), "--seqlen", "64", "--windows", "2", "--tasks",
+               "wikitext2,arc_easy,rte,latency", "--zeroshot-data", str(ZEROSHOT), "--limit", "4", "--json"]
     result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
     assert result["perplexity"] > 1 and result["protocol"]["test_windows"] == 2
     assert set(result["zeroshot"]) == {"arc_easy", "rte"}
+    assert result["evaluators"]["latency"]["metrics"]["tokens_per_s"] > 0    # an evaluator plugin, by name
     assert all(row["n"] == 4 and 0 <= row["acc"] <= 1 for row in result["zeroshot"].values())
     bad = subprocess.run(command[:3] + ["eval", str(tiny_llama_dir), "--tasks", "mmlu", "--zeroshot-data",
                                         str(ZEROSHOT)], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown zero-shot task" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@needs_data
+def test_finale_zeroshot_reports_winner_wanda_and_dense(tiny_llama_dir):
+    """`run --final-tasks`: the finale scores each variant with lm-eval; the report shows the table."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from autoprune.agent.finale import Finale
+    from autoprune.reports.render_markdown import render_block
+    from autoprune.reports.sections import zeroshot_blocks
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    name = "model.layers.0.mlp.down_proj"
+    half = torch.ones_like(model.get_submodule(name).weight, dtype=torch.bool)
+    half[:, ::2] = False
+    config = SimpleNamespace(final_tasks=["arc_easy"], zeroshot_data=str(ZEROSHOT), zeroshot_limit=4)
+    finale = Finale(model=model, tokenizer=AutoTokenizer.from_pretrained(tiny_llama_dir), calibration=None,
+                    stats=None, runner=None, fitness=None, test_windows_fn=None, config=config, run_dir=Path("."))
+    out = finale.zeroshot({"winner": {name: half}, "wanda_uniform": {name: half}, "dense": None})
+    assert out["tasks"] == ["arc_easy"] and set(out["results"]) == {"winner", "wanda_uniform", "dense"}
+    assert all(r["arc_easy"]["n"] == 4 and 0 <= r["arc_easy"]["acc"] <= 1 for r in out["results"].values())
+    assert bool((model.get_submodule(name).weight != 0).all())          # dense weights restored
+    table = render_block(zeroshot_blocks(out)[0], {})
+    assert "arc_easy (n=4)" in table and "winner" in table and "dense" in table

@@ -44,9 +44,9 @@ def plugin_venv(tmp_path_factory) -> Path:
     return venv
 
 
-def run_in(venv: Path, code: str) -> subprocess.CompletedProcess:
+def run_in(venv: Path, code: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([str(venv / "bin" / "python"), "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, cwd=venv.parent, timeout=120)
+                          text=True, cwd=venv.parent, timeout=timeout)
 
 
 def test_installed_example_is_listed_as_loaded(plugin_venv):
@@ -99,6 +99,39 @@ def test_example_metric_and_allocator_prune_through_the_cli(plugin_venv, tiny_ll
     assert summary["method"] == "outlier-wanda" and summary["allocation"] == "depth-ramp"
     assert blocks[0] < 0.5 < blocks[-1]                                       # the ramp: early blocks kept
     assert abs(summary["overall_sparsity"] - 0.5) < 1e-4             # exact up to one weight per layer
+
+
+@pytest.mark.slow
+def test_example_prompt_set_and_evaluator_in_a_real_short_run(plugin_venv, tiny_llama_dir, wikitext_dir):
+    """A real `run` (embedded LLM server, process sandbox, tiny model to prune) with the plugin's prompt
+    set, then `eval` of the exported model with the plugin's evaluator next to perplexity."""
+    from autoprune.agent.trace import read_trace
+
+    run_dir = plugin_venv.parent / "plugin-run"
+    done = run_in(plugin_venv, f"""
+        from autoprune.cli import main
+        main(["run", "--budget", "1", "--model", {str(tiny_llama_dir)!r}, "--prompts", "gcot-terse",
+              "--sandbox", "process", "--data", {str(wikitext_dir)!r}, "--nsamples", "2", "--seqlen", "64",
+              "--fitness-levels", "1,2", "--test-windows", "2", "--out", {str(run_dir)!r}, "--json"])
+    """, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    events = read_trace(run_dir).events
+    started = next(e for e in events if e["type"] == "run_started")
+    assert started["config"]["prompts"] == "gcot-terse"
+    reflect_prompts = [e for e in events if e["type"] == "llm_request" and e.get("node") == "reflect"]
+    assert reflect_prompts and all("ONE lesson" in json.dumps(e) for e in reflect_prompts)
+    assert events[-1]["type"] == "run_finished" and (run_dir / "report" / "report.md").is_file()
+
+    evaluated = run_in(plugin_venv, f"""
+        from autoprune.cli import main
+        main(["eval", {str(run_dir / "model")!r}, "--tasks", "wikitext2,next-token-accuracy",
+              "--data", {str(wikitext_dir)!r}, "--seqlen", "64", "--windows", "2", "--json"])
+    """, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    result = json.loads(evaluated.stdout)
+    accuracy = result["evaluators"]["next-token-accuracy"]
+    assert 0.0 <= accuracy["metrics"]["top1_accuracy"] <= 1.0 and accuracy["protocol"]["split"] == "test"
+    assert result["perplexity"] > 1
 
 
 def test_unknown_metric_lists_plugins_too(plugin_venv):

@@ -51,8 +51,9 @@ def evaluate(
     data: Optional[str] = typer.Option(None, help="data folder, 'wikitext2' (hub) or 'self'"),
     seqlen: int = typer.Option(512, help="tokens per window"),
     windows: Optional[int] = typer.Option(None, help="test windows (default: all)"),
-    tasks: str = typer.Option("wikitext2", help="comma list: wikitext2 and/or zero-shot tasks "
-                              "(boolq, rte, hellaswag, winogrande, arc_easy, arc_challenge, openbookqa, piqa)"),
+    tasks: str = typer.Option("wikitext2", help="comma list: wikitext2, zero-shot tasks (boolq, rte, hellaswag, "
+                              "winogrande, arc_easy, arc_challenge, openbookqa, piqa) and installed "
+                              "evaluator plugins (e.g. latency)"),
     zeroshot_data: Optional[str] = typer.Option(None, help="local zero-shot folder (default: the hub)"),
     limit: Optional[int] = typer.Option(None, help="zero-shot examples per task (default: all)"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
@@ -104,6 +105,9 @@ def print_eval_result(result: dict) -> None:
         table.add_row("test", result["protocol"]["test"])
     for task, scores in result.get("zeroshot", {}).items():
         table.add_row(f"{task} acc (n={scores['n']})", fmt(scores["acc"], 3))
+    for name, outcome in result.get("evaluators", {}).items():
+        for metric, value in outcome["metrics"].items():
+            table.add_row(f"{name}: {metric}", fmt(value, 4))
     table.add_row("sparsity (target linears)", fmt(result["sparsity"], 4))
     if result.get("pruning_summary"):
         table.add_row("pruned with", f"{result['pruning_summary']['method']} / {result['pruning_summary']['allocation']}")

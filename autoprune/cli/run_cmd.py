@@ -39,6 +39,9 @@ def run(
     executor: Optional[str] = typer.Option(None, help="serial | local | ray: evaluate candidates in parallel"),
     workers: Optional[int] = typer.Option(None, help="parallel workers: CPU slices or GPUs (default 1)"),
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster for --executor ray, e.g. 127.0.0.1:6379"),
+    final_tasks: Optional[str] = typer.Option(None, help="zero-shot tasks for the final report, e.g. arc_easy,piqa"),
+    zeroshot_data: Optional[str] = typer.Option(None, help="local zero-shot task folder (default: the hub)"),
+    zeroshot_limit: Optional[int] = typer.Option(None, help="zero-shot examples per task (default: all)"),
     as_json: bool = typer.Option(False, "--json", help="print a machine-readable summary at the end"),
 ) -> None:
     """Search pruning metrics with the LLM agent, then prune with the winner + SDSA."""
@@ -55,7 +58,9 @@ def run(
                              fitness_levels=levels, test_windows=test_windows, code_mode=code_style,
                              llm_max_tokens=llm_max_tokens, prompts=prompts,
                              reconstruct=reconstruct or None, executor=executor, workers=workers,
-                             ray_address=ray_address)
+                             ray_address=ray_address, zeroshot_data=zeroshot_data, zeroshot_limit=zeroshot_limit,
+                             final_tasks=[t.strip() for t in final_tasks.split(",") if t.strip()]
+                             if final_tasks else None)
         summary = run_agent(config, live=not as_json)
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=2, default=str))

@@ -104,12 +104,17 @@ def run_eval_job(config: EvalConfig) -> dict:
     loaded = load_model(config.model)
     result = {"model": loaded.name, "model_source": loaded.source, "perplexity": None, "protocol": {},
               "sparsity": measured_sparsity(loaded.model), "pruning_summary": prune_summary_of(config.model)}
+    plugins = plugin_evaluator_tasks(config.tasks)
+    needs_text = "wikitext2" in config.tasks or plugins
+    corpus = load_corpus(config.data, model=loaded.model, tokenizer=loaded.tokenizer, seed=config.seed) \
+        if needs_text else None
     if "wikitext2" in config.tasks:
-        corpus = load_corpus(config.data, model=loaded.model, tokenizer=loaded.tokenizer, seed=config.seed)
         test = test_windows(loaded.tokenizer, corpus, nwindows=config.windows, seqlen=config.seqlen)
         result["perplexity"] = evaluate_perplexity(loaded.model, test, config.progress)
         result["protocol"] = {"test": test.description, "seqlen": config.seqlen, "test_windows": len(test)}
-    zeroshot_tasks = [t for t in config.tasks if t != "wikitext2"]
+    if plugins:
+        result["evaluators"] = run_plugin_evaluators(plugins, loaded, corpus, config)
+    zeroshot_tasks = [t for t in config.tasks if t != "wikitext2" and t not in plugins]
     if zeroshot_tasks:
         from autoprune.evaluators.zeroshot import zeroshot_accuracy
 
@@ -119,6 +124,28 @@ def run_eval_job(config: EvalConfig) -> dict:
         result["protocol"]["zeroshot"] = {"harness": "lm-eval 0-shot", "source": str(data_dir or "hub"),
                                           "limit": config.zeroshot_limit}
     return result
+
+
+# Evaluators with their own task names in `eval --tasks` (perplexity is `wikitext2`, zero-shot tasks are lm-eval's).
+BUILTIN_TASK_EVALUATORS = ("perplexity", "zeroshot")
+
+
+def plugin_evaluator_tasks(tasks: list[str]) -> list[str]:
+    """The task names that are installed evaluators (entry-point group autoprune.evaluators)."""
+    from autoprune.evaluators.registry import available_evaluators
+
+    installed = set(available_evaluators()) - set(BUILTIN_TASK_EVALUATORS)
+    return [t for t in tasks if t in installed]
+
+
+def run_plugin_evaluators(names: list[str], loaded, corpus, config: EvalConfig) -> dict:
+    """Each evaluator on the test split, with the same windows setting as perplexity."""
+    from autoprune.evaluators.base import EvalRequest
+    from autoprune.evaluators.registry import get_evaluator
+
+    request = EvalRequest(corpus=corpus, split="test", seqlen=config.seqlen, nwindows=config.windows)
+    return {name: get_evaluator(name).evaluate(loaded.model, loaded.tokenizer, request).to_dict()
+            for name in names}
 
 
 def measured_sparsity(model) -> float:

@@ -155,9 +155,25 @@ def final_section(view: RunView, figures: set[str]) -> Optional[Section]:
     if final.get("paired_wins_vs_wanda") is not None and winner.get("nwindows"):
         blocks.append(Para(f"Paired comparison: the winner has the lower NLL on {fmt(final['paired_wins_vs_wanda'], 1)}"
                            f" of {winner['nwindows']} validation windows against Wanda."))
+    blocks += zeroshot_blocks(final.get("zeroshot"))
     if final.get("export"):
         blocks.append(Para(f"Pruned model exported to `{final['export']}`."))
     return Section("Final perplexity", blocks)
+
+
+def zeroshot_blocks(zeroshot: Any) -> list:
+    """`--final-tasks`: accuracy per task (rows) for winner / Wanda / dense (columns), with example counts."""
+    if not isinstance(zeroshot, dict) or not isinstance(zeroshot.get("results"), dict):
+        return []
+    variants = list(zeroshot["results"])
+    tasks = sorted({t for scores in zeroshot["results"].values() if isinstance(scores, dict) for t in scores})
+    rows = []
+    for task in tasks:
+        cells = [zeroshot["results"][v].get(task, {}) for v in variants]
+        n = next((c.get("n") for c in cells if c.get("n")), "")
+        rows.append([f"{task} (n={n})"] + [fmt(c.get("acc"), 3) for c in cells])
+    return [Table(["zero-shot accuracy (lm-eval)"] + variants, rows),
+            Para(f"Zero-shot data: {zeroshot.get('source')}; examples per task: {zeroshot.get('limit') or 'all'}.")]
 
 
 def cost_section(view: RunView, figures: set[str]) -> Section:
