@@ -125,13 +125,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/autoprune-bench-agent-run"))
     parser.add_argument("--summarize", type=Path, help="only read this finished run folder")
     parser.add_argument("--notes", default="", help="what limits the result (written into the Markdown)")
+    parser.add_argument("--commit", default=None, help="the commit the run used (default: HEAD now)")
     args = parser.parse_args()
     run_dir = args.summarize or args.out
     if not args.summarize:
         run_cli(args, run_dir)
     result = summarize(run_dir)
     from common import git_commit
-    result.update(machine=machine(), commit=git_commit(), notes=args.notes,
+    result.update(machine=machine(), commit=args.commit or git_commit(), notes=args.notes,
                   command=f"autoprune-agent run --budget {args.budget} --data {args.data} "
                           f"--test-windows {args.test_windows} --json")
     save_results("agent_run", result, markdown(result))

@@ -93,8 +93,11 @@ def verify_batch(state: AgentState, services: AgentServices) -> dict:
     from autoprune.agent.executors import EvaluationTask
 
     step = VerifyStep(state, services, queue=[])
-    tasks = [EvaluationTask(cid, read_source(services.run_dir, state["candidates"][cid]), level=0)
-             for cid in state.get("queue", []) if step.may_send(cid)]
+    tasks, llm_sent = [], 0
+    for cid in state.get("queue", []):
+        if step.may_send(cid, already_sent=llm_sent):
+            tasks.append(EvaluationTask(cid, read_source(services.run_dir, state["candidates"][cid]), level=0))
+            llm_sent += state["candidates"][cid].get("origin") == "llm"
     for result in services.executor.map(tasks) if tasks else []:
         outcome = SandboxOutcome(status=result.status, message=result.message, timings=result.timings,
                                  masks=unpacked(result.packed_masks, services) if result.packed_masks else None,
@@ -121,9 +124,12 @@ class VerifyStep:
         self.services, self.view = services, dict(state)
         self.update: dict = {"queue": queue}
 
-    def may_send(self, cid: str) -> bool:
-        """Seeds always; LLM candidates while the budget lasts (else marked not-sent)."""
-        if self.view["candidates"][cid].get("origin") != "llm" or self.services.budget.can_submit(self.view):
+    def may_send(self, cid: str, already_sent: int = 0) -> bool:
+        """Seeds always; LLM candidates while the budget lasts, counting those already in this batch
+        (else marked not-sent)."""
+        budget = self.services.budget
+        if self.view["candidates"][cid].get("origin") != "llm" or (
+                budget.can_submit(self.view) and budget.candidates_left(self.view) > already_sent):
             return True
         self._merge(candidates=with_candidate(self.view, cid, status="not-sent", message="budget spent"))
         return False
