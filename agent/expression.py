@@ -37,6 +37,7 @@ TENSOR_METHODS = TORCH_FUNCTIONS | frozenset({
     "unsqueeze", "squeeze", "reshape", "view", "t", "T", "expand", "expand_as", "float", "double",
     "clone", "abs_", "argsort", "numel", "size", "shape", "dim", "mul", "add", "sub", "div",
     "values", "indices", "item"})
+TENSOR_PROPERTIES = frozenset({"T", "shape", "values", "indices"})    # attributes, not methods
 MATH_NAMES = frozenset({"sqrt", "log", "log2", "log10", "exp", "pi", "e", "tanh", "pow", "fabs",
                         "floor", "ceil", "inf", "tau", "atan", "cos", "sin"})
 _ALLOWED_NODES = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Call, ast.Attribute, ast.Name,
@@ -155,6 +156,7 @@ def validate_expression(expr: str) -> ast.Expression:
         raise CandidateFormatError(f"`{expr[:120]}` is not a Python expression ({exc.msg}). "
                                    + EXPRESSION_HINT) from exc
     uses_weights = False
+    called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
     for node in ast.walk(tree):
         if not isinstance(node, _ALLOWED_NODES):
             raise CandidateFormatError(f"`{type(node).__name__}` is not allowed in the expression "
@@ -168,11 +170,21 @@ def validate_expression(expr: str) -> ast.Expression:
             uses_weights |= node.id == "W"
         if isinstance(node, ast.Attribute):
             _check_attribute(node)
+            _check_method_called(node, called)
     if not uses_weights:
         raise CandidateFormatError("the expression must use W: without it every weight of an input "
                                    "column scores alike and whole input channels are removed. "
                                    + EXPRESSION_HINT)
     return tree
+
+
+def _check_method_called(node: ast.Attribute, called: set[int]) -> None:
+    """A tensor method used as a value (`W.norm.unsqueeze(1)`) crashes in the sandbox: say so now."""
+    on_tensor = not (isinstance(node.value, ast.Name) and node.value.id in ("X", "torch", "math"))
+    if on_tensor and node.attr in TENSOR_METHODS - TENSOR_PROPERTIES and id(node) not in called:
+        hint = " For the input channels' norm use X.norm." if node.attr == "norm" else ""
+        raise CandidateFormatError(f"`.{node.attr}` is a method: call it, e.g. `.{node.attr}()`.{hint} "
+                                   + EXPRESSION_HINT)
 
 
 def _check_name(node: ast.Name) -> None:

@@ -120,6 +120,8 @@ def test_expression_extraction_fixes_small_model_habits(reply, expected):
     ("X.norm.cuda()", "cuda"),
     ("1.0 + 2", "must use W"),
     ("X.norm * X.max_abs", "whole input channels"),
+    ("W.norm.unsqueeze(1) * X.norm", "For the input channels' norm use X.norm"),     # seen in a budget-50 run
+    ("W.abs * X.norm", "is a method"),
 ])
 def test_expression_validation_rejects_with_hint(expr, needle):
     with pytest.raises(CandidateFormatError, match=needle):
@@ -131,6 +133,8 @@ def test_expression_validation_rejects_with_hint(expr, needle):
     "(W.abs() / W.abs().sum(dim=1, keepdim=True) + W.abs() / W.abs().sum(dim=0, keepdim=True)) * X.norm.sqrt()",
     "W.sum() * X.norm",                          # per-channel, broadcast to W's shape
     "W.abs() * X.norm * (1 + X.layer_index / X.num_layers)",
+    "W.T.T.abs() * X.norm",                      # properties are not calls
+    "W.abs().max(dim=1, keepdim=True).values * 0 + W.abs() * X.norm",
     "torch.log1p(W.abs()) * X.max_abs.clamp(min=1e-6).sqrt() * math.pi",
 ])
 def test_wrapped_expressions_pass_the_gate_and_run(expr):
