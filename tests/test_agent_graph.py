@@ -219,12 +219,13 @@ def test_duplicates_cost_no_fitness_and_go_back_to_the_llm(tmp_path):
 
     # Near twins: the same masks with one kept and one pruned weight swapped are caught as well.
     from autoprune.agent.mask_files import load_masks
-    from autoprune.agent.nodes.verify import masks_digest, twin_of
+    from autoprune.agent.nodes.verify import masks_digest, packed_masks, twin_of
 
     masks = load_masks(tmp_path / state["candidates"][WANDA_ID]["masks_path"])
     name = next(iter(masks))
     row = masks[name][0]
     kept, pruned = int(row.nonzero()[0]), int((~row).nonzero()[0])
     row[kept], row[pruned] = False, True
-    reason = twin_of(state, tmp_path, masks, masks_digest(masks))
+    packed = packed_masks(masks)
+    reason = twin_of(state, tmp_path, packed, masks_digest(packed))
     assert reason.startswith("it removes almost the same weights as seed-wanda")

@@ -41,16 +41,21 @@ def check_masks(outcome: SandboxOutcome, services: AgentServices) -> None:
 NEAR_DUPLICATE = 1e-3
 
 
-def masks_digest(masks: dict[str, torch.Tensor]) -> str:
-    """One hash of every layer's keep-mask: equal digests prune identically."""
+def packed_masks(masks: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Every layer's keep-mask bit-packed once (the form mask files store), for digests and comparisons."""
+    return {name: np.frombuffer(pack_mask(mask), dtype=np.uint8) for name, mask in masks.items()}
+
+
+def masks_digest(packed: dict[str, np.ndarray]) -> str:
+    """One hash of every layer's packed keep-mask: equal digests prune identically."""
     digest = hashlib.sha256()
-    for name in sorted(masks):
+    for name in sorted(packed):
         digest.update(name.encode("utf-8"))
-        digest.update(pack_mask(masks[name]))
+        digest.update(packed[name].tobytes())
     return digest.hexdigest()
 
 
-def twin_of(state: AgentState, run_dir: Path, masks: dict[str, torch.Tensor], digest: str) -> str | None:
+def twin_of(state: AgentState, run_dir: Path, packed: dict[str, np.ndarray], digest: str) -> str | None:
     """Why these masks are not worth evaluating: an earlier candidate prunes (almost) the same weights.
     Exact twins are found by digest among all candidates; near twins among those whose masks are kept."""
     candidates = state.get("candidates", {})
@@ -58,7 +63,6 @@ def twin_of(state: AgentState, run_dir: Path, masks: dict[str, torch.Tensor], di
                   if rec.get("mask_digest") == digest and rec.get("status") == "ok"), None)
     if exact is not None:
         return f"it removes exactly the same weights as {exact} (identical masks)"
-    packed = {name: np.frombuffer(pack_mask(mask), dtype=np.uint8) for name, mask in masks.items()}
     for cid, rec in candidates.items():
         path = Path(run_dir) / rec["masks_path"] if rec.get("masks_path") else None
         if rec.get("status") == "ok" and path is not None and path.is_file():
@@ -104,7 +108,7 @@ def verify_batch(state: AgentState, services: AgentServices) -> dict:
                                  profile=None, group=result.group, seconds=result.sandbox_s)
         if step.record(result.candidate_id, outcome) == "ok":
             services.fitness.prime(result.candidate_id, result.nlls)   # evaluate finds level 0 done
-            step._merge(timings=add_timing(step.view, "fitness", result.fitness_s))
+            step.merge(timings=add_timing(step.view, "fitness", result.fitness_s))
     return step.update
 
 
@@ -131,7 +135,7 @@ class VerifyStep:
         if self.view["candidates"][cid].get("origin") != "llm" or (
                 budget.can_submit(self.view) and budget.candidates_left(self.view) > already_sent):
             return True
-        self._merge(candidates=with_candidate(self.view, cid, status="not-sent", message="budget spent"))
+        self.merge(candidates=with_candidate(self.view, cid, status="not-sent", message="budget spent"))
         return False
 
     def record(self, cid: str, outcome: SandboxOutcome) -> str:
@@ -141,14 +145,14 @@ class VerifyStep:
         self.services.trace.emit("verdict", id=cid, status=status, message=message, group=outcome.group,
                                  timings={k: round(v, 4) for k, v in outcome.timings.items()},
                                  submitted=budget_used if is_llm else None, budget_used=budget_used)
-        self._merge(budget_used=budget_used, verdicts=add_count(self.view.get("verdicts", {}), status),
+        self.merge(budget_used=budget_used, verdicts=add_count(self.view.get("verdicts", {}), status),
                     timings=add_timing(self.view, "sandbox", outcome.seconds),
                     candidates=with_candidate(self.view, cid, status=status, message=message,
                                               masks_path=masks_path, group=outcome.group, mask_digest=digest))
         if status == "ok":
-            self._merge(pending_evals=list(self.view.get("pending_evals", [])) + [[cid, 0]])
+            self.merge(pending_evals=list(self.view.get("pending_evals", [])) + [[cid, 0]])
         elif is_llm:
-            self._merge(last_error=f"{status}: {message}", repairs=int(self.view.get("repairs", 0)) + 1,
+            self.merge(last_error=f"{status}: {message}", repairs=int(self.view.get("repairs", 0)) + 1,
                         current=cid)
         return status
 
@@ -158,8 +162,9 @@ class VerifyStep:
             return outcome.status, outcome.message, None, None
         try:
             check_masks(outcome, self.services)
-            digest = masks_digest(outcome.masks)
-            twin = twin_of(self.view, self.services.run_dir, outcome.masks, digest)
+            packed = packed_masks(outcome.masks)
+            digest = masks_digest(packed)
+            twin = twin_of(self.view, self.services.run_dir, packed, digest)
             if twin is not None:
                 return "duplicate", f"{twin}, {DUPLICATE_HINT}", None, digest
             masks_path = f"candidates/{cid}.masks.safetensors"
@@ -168,6 +173,7 @@ class VerifyStep:
         except MaskError as exc:
             return "invalid-output", f"host mask check failed: {exc}", None, None
 
-    def _merge(self, **changes) -> None:  # noqa: D401 - also used by verify_batch
+    def merge(self, **changes) -> None:
+        """Apply changes to the node's update and to the view later checks read."""
         self.update.update(changes)
         self.view.update(changes)
