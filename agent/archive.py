@@ -117,6 +117,12 @@ def metric_fingerprint(source: str) -> str:
     return ast.dump(tree)
 
 
+def tested_fingerprints(state: AgentState, run_dir: Path) -> set[str]:
+    """The metric fingerprints of every candidate written so far (seeds included)."""
+    paths = (Path(run_dir) / record["path"] for record in state.get("candidates", {}).values())
+    return {metric_fingerprint(p.read_text(encoding="utf-8")) for p in paths if p.is_file()}
+
+
 def already_tested(state: AgentState, run_dir: Path, source: str) -> Optional[CandidateRecord]:
     """The earlier candidate (seeds included) that computes the same metric as `source`, if any."""
     fingerprint = metric_fingerprint(source)

@@ -44,6 +44,8 @@ class RunConfig(BaseModel):
     max_llm_calls: Optional[int] = Field(None, ge=1, description="default: 6 per budgeted candidate + 10")
     max_tokens: Optional[int] = Field(None, ge=1, description="default: 20000 per budgeted candidate")
     code_mode: Literal["auto", "program", "expression"] = "auto"
+    mutate_repeats: bool = Field(True, description="expression style: a repeated metric is mutated by trusted "
+                                                  "code (agent/mutation.py) instead of asking the LLM again")
     prompts: str = Field("gcot", description="prompt set (entry-point group autoprune.prompts)")
     temperature: float = Field(0.8, ge=0.0, le=2.0)
     llm_max_tokens: int = Field(768, ge=16, description="cap per reply; short-answer nodes ask for less")

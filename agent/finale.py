@@ -22,6 +22,7 @@ from autoprune.agent.fitness import FitnessService, perplexity_of
 from autoprune.pruning.apply import masks_applied
 from autoprune.agent.mask_files import load_masks
 from autoprune.agent.services import CandidateRunner
+from autoprune.agent.state import is_search_candidate
 from autoprune.agent.tournament import paired_wins
 from autoprune.errors import SandboxError
 from autoprune.pruning.allocators import allocate_sparsity
@@ -224,7 +225,7 @@ class Finale:
     def _best_llm(self, state: dict, wanda_nlls) -> Optional[dict]:
         """The best LLM-written candidate against Wanda, paired on its highest common level."""
         candidates = state["candidates"]
-        best = next((cid for cid in state.get("leaderboard", []) if candidates[cid].get("origin") == "llm"), None)
+        best = next((cid for cid in state.get("leaderboard", []) if is_search_candidate(candidates[cid])), None)
         if best is None:
             return None
         rec = candidates[best]

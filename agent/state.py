@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from typing import Literal, Optional, TypedDict
 
-Origin = Literal["seed", "llm"]
+# "llm": written by the LLM; "mutation": the LLM repeated a tested metric and trusted code
+# mutated it (agent/mutation.py). Both are search candidates: budgeted, reflected on, ranked.
+Origin = Literal["seed", "llm", "mutation"]
+SEARCH_ORIGINS = ("llm", "mutation")
 Phase = Literal["seeding", "search", "final"]
 
 
@@ -32,6 +35,10 @@ class CandidateRecord(TypedDict, total=False):
     fitness: Optional[float]        # perplexity at its highest level
     level: int                      # highest fidelity level evaluated (-1 = none)
     reflection: str
+
+
+def is_search_candidate(record: CandidateRecord) -> bool:
+    return record.get("origin") in SEARCH_ORIGINS
 
 
 class Hypothesis(TypedDict, total=False):

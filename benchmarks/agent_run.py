@@ -47,11 +47,14 @@ def run_cli(args: argparse.Namespace, run_dir: Path) -> float:
 
 
 def llm_reply_outcomes(events: list[dict]) -> Counter:
-    """What became of each write_code reply: a program sent, no usable code, or already tested."""
+    """What became of each write_code reply: a program sent, a trusted mutation of a repeat (also a
+    program sent), no usable code, or already tested (sent back to the LLM)."""
     outcomes = Counter()
     for event in events:
         if event["type"] == "candidate" and event.get("origin") == "llm":
             outcomes["program"] += 1
+        elif event["type"] == "candidate" and event.get("origin") == "mutation":
+            outcomes["repeat, mutated into a program"] += 1
         elif event["type"] == "note" and "no usable code" in event.get("text", ""):
             outcomes["already tested" if "already tested" in event["text"] else "no usable code"] += 1
     return outcomes
@@ -82,7 +85,7 @@ def markdown(result: dict) -> str:
     test = s["test"]
     best = s.get("best_llm") or {}
     lines = [
-        "# `autoprune-agent run --budget 50` on the embedded default", "",
+        f"# `autoprune-agent run --budget {s.get('budget', result.get('budget'))}` on the embedded default", "",
         f"Machine: {result['machine']['cpu']} ({result['machine']['cores']} cores, "
         f"{result['machine']['memory_gib']} GiB), "
         f"torch {result['machine']['torch']}, no GPU. Commit {result['commit']}.", "",
@@ -103,7 +106,7 @@ def markdown(result: dict) -> str:
         f"Programs sent to the sandbox: {result['sent']} (the budget); verdicts "
         f"{json.dumps(result['llm_verdicts'])}; valid-candidate rate {result['valid_rate']:.0%} "
         "(`duplicate` = accepted by the sandbox but its masks equal an earlier candidate's, so not evaluated).",
-        f"write_code replies: {json.dumps(result['reply_outcomes'])} (only `program` costs budget).", "",
+        f"write_code replies: {json.dumps(result['reply_outcomes'])} (programs and mutated repeats cost budget).", "",
         "## Validation fitness (search)", "",
         markdown_table(["", "ppl", "windows", "paired wins vs Wanda"],
                        [["best LLM candidate " + str(best.get("id")), f"{best.get('ppl_validation', float('nan')):.2f}",
@@ -126,16 +129,17 @@ def main() -> None:
     parser.add_argument("--summarize", type=Path, help="only read this finished run folder")
     parser.add_argument("--notes", default="", help="what limits the result (written into the Markdown)")
     parser.add_argument("--commit", default=None, help="the commit the run used (default: HEAD now)")
+    parser.add_argument("--name", default="agent_run", help="results file name under benchmarks/results/")
     args = parser.parse_args()
     run_dir = args.summarize or args.out
     if not args.summarize:
         run_cli(args, run_dir)
     result = summarize(run_dir)
     from common import git_commit
-    result.update(machine=machine(), commit=args.commit or git_commit(), notes=args.notes,
+    result.update(machine=machine(), commit=args.commit or git_commit(), notes=args.notes, budget=args.budget,
                   command=f"autoprune-agent run --budget {args.budget} --data {args.data} "
                           f"--test-windows {args.test_windows} --json")
-    save_results("agent_run", result, markdown(result))
+    save_results(args.name, result, markdown(result))
     print(markdown(result))
 
 

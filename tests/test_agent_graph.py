@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 import torch
 
-from autoprune.agent.archive import WANDA_ID, write_seeds
+from autoprune.agent.archive import WANDA_ID, metric_fingerprint, write_seeds
 from autoprune.agent.graph import build_graph
 from autoprune.agent.nodes.verify import verify
 from autoprune.agent.nodes.write_code import write_code
@@ -206,7 +206,7 @@ def test_duplicates_cost_no_fitness_and_go_back_to_the_llm(tmp_path):
     replies = {**default_replies(), "write_code": [same_masks_as_wanda, ranks_like_wanda, GOOD_EXPRESSION,
                                                    GOOD_EXPRESSION, "```python\nW.abs().sqrt() * X.norm\n```"]}
     llm = ScriptedLLM(replies)
-    services = tiny_services(tiny_llama_model(), tmp_path, llm, budget=4)
+    services = tiny_services(tiny_llama_model(), tmp_path, llm, budget=4, mutate_repeats=False)
     state = build_graph(services).invoke(start(services), {"recursion_limit": 500})
     twin, near = state["candidates"]["g001-a0"], state["candidates"]["g001-a1"]
     assert twin["status"] == "duplicate" and WANDA_ID in twin["message"] and twin.get("fitness") is None
@@ -229,3 +229,25 @@ def test_duplicates_cost_no_fitness_and_go_back_to_the_llm(tmp_path):
     packed = packed_masks(masks)
     reason = twin_of(state, tmp_path, packed, masks_digest(packed))
     assert reason.startswith("it removes almost the same weights as seed-wanda")
+
+
+def test_a_repeated_expression_is_mutated_by_trusted_code_and_evaluated(tmp_path):
+    """The LLM writes the same expression twice: the repeat becomes an untested single-point
+    mutation (origin "mutation", parent = the repeated candidate) that goes through the sandbox
+    and the budget like any candidate, instead of costing another LLM call."""
+    replies = {**default_replies(), "write_code": [GOOD_EXPRESSION]}      # every reply the same
+    llm = ScriptedLLM(replies)
+    services = tiny_services(tiny_llama_model(), tmp_path, llm, budget=3)
+    state = build_graph(services).invoke(start(services), {"recursion_limit": 500})
+    searched = [r for r in state["candidates"].values() if r["generation"] > 0]
+    first = next(r for r in searched if r["origin"] == "llm")
+    mutants = [r for r in searched if r["origin"] == "mutation"]
+    assert len(mutants) == 2 and state["budget_used"] == 3
+    assert {m["parent"] for m in mutants} <= {first["id"]} | {m["id"] for m in mutants}
+    sources = [(tmp_path / r["path"]).read_text() for r in searched]
+    assert len({metric_fingerprint(src) for src in sources}) == 3                 # three different metrics
+    assert all(m["status"] in ("ok", "duplicate", "crashed") and m["status"] != "written" for m in mutants)
+    writes = sum(node == "write_code" for node, _ in llm.requests)
+    assert writes == 3                                                           # no extra LLM calls
+    notes = [e["text"] for e in read_trace(tmp_path).events if e["type"] == "note"]
+    assert sum("trusted mutation" in text for text in notes) == 2

@@ -106,6 +106,26 @@ def test_search_uses_repairs_and_falls_back(tmp_path, tokenizer, small_wikitext)
     assert any(e["type"] == "note" and "fallback" in e["text"] for e in events)
 
 
+def test_edit_steps_are_applied_by_trusted_code_and_fed_back(tmp_path, tokenizer, small_wikitext):
+    config = tiny_config(tmp_path / "run", small_wikitext, budget=2, proposal="edit", export=False)
+    llm = ScriptedLLM({"propose": ["parents #1 #2, cut at layer 2, move 0.05 from layer 0 to layer 3",
+                                   "parents #1 #1, cut at layer 2",     # = member #1: a duplicate
+                                   "parents #2 #1, cut at layer 1, move 0.1 from layer 3 to layer 1"]})
+    summary = run_rates_search(config, loaded=tiny_loaded(tokenizer), llm=llm)
+
+    assert summary["outcomes"] == {"llm_edit": 1, "llm_repaired": 1}
+    second = llm.requests[1][1]
+    assert "parents #1 #2, cut at layer 2, move 0.05 from layer 0 to layer 3" in [m["content"] for m in second]
+    assert any(m["content"].startswith("That child reached perplexity") for m in second)  # its result
+    repair = llm.requests[2][1][-1]["content"]
+    assert "equals a member already evaluated" in repair
+    candidates = [e for e in read_trace(config.run_dir).events if e["type"] == "candidate" and e["origin"] == "llm"]
+    for event in candidates:
+        rates = json.loads(event["source"])
+        assert sum(rates) / LAYERS == pytest.approx(summary["mean_rate"], abs=1e-5)
+    assert summary["final"]["without_refit"]["uniform"]["test_ppl"] > 0    # the refit's baseline is reported
+
+
 def test_final_export_reloads_and_reports_speed(tmp_path, tokenizer, small_wikitext):
     config = tiny_config(tmp_path / "run", small_wikitext, budget=1)
     llm = ScriptedLLM({"propose": ["garbage"]})
@@ -133,20 +153,23 @@ def test_resume_continues_without_redoing_finished_work(tmp_path, tokenizer, sma
 
 
 @pytest.mark.slow
-def test_search_with_the_embedded_llm(tmp_path, tokenizer, small_wikitext):
-    """End to end over HTTP: the embedded SmolLM2 proposes; the outcome counts add up honestly."""
+def test_search_on_the_embedded_model_with_the_embedded_llm(tmp_path, small_wikitext):
+    """End to end over HTTP on the embedded default: SmolLM2 proposes edit steps for its own
+    30 layers, trusted code applies them, the refitted structured model is exported and reloads."""
     from autoprune.cli import main
 
-    loaded = tiny_loaded(tokenizer)
-    model_dir = tmp_path / "tiny"
-    loaded.model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
     run_dir = tmp_path / "run"
-    main(["search-rates", "--budget", "2", "--target-params", "0.7", "--run-dir", str(run_dir),
-          "--model", str(model_dir), "--data", str(small_wikitext), "--seqlen", "128", "--nsamples", "2",
-          "--fitness-windows", "2", "--eval-seqlen", "128", "--eval-windows", "2", "--population", "3", "--llm-max-tokens", "96", "--json"])
+    main(["search-rates", "--budget", "3", "--target-params", "0.7", "--run-dir", str(run_dir),
+          "--data", str(small_wikitext), "--seqlen", "128", "--nsamples", "8", "--fitness-windows", "2",
+          "--eval-seqlen", "128", "--eval-windows", "2", "--population", "4", "--json"])
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["evaluated"] == 2 and sum(summary["outcomes"].values()) == 2
+    assert summary["evaluated"] == 3 and sum(summary["outcomes"].values()) == 3
+    assert summary["outcomes"].get("llm_edit", 0) + summary["outcomes"].get("llm_repaired", 0) >= 1
     events = read_trace(run_dir).events
-    assert sum(e["type"] == "llm_response" for e in events) >= 2
-    assert any(e["type"] == "final_result" for e in events)
+    started = next(e for e in events if e["type"] == "run_started")
+    assert started["llm"]["embedded"] and started["llm"]["proposal"] == "edit"
+    assert sum(e["type"] == "llm_response" for e in events) >= 3
+    final = summary["final"]
+    assert final["test"]["uniform"]["test_ppl"] < final["without_refit"]["uniform"]["test_ppl"]
+    reloaded = load_structured_model(final["export"])
+    assert decoder_parameter_count(reloaded) == final["test"]["searched"]["decoder_params"]

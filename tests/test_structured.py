@@ -8,8 +8,9 @@ import torch
 from autoprune.data import WindowSet
 from autoprune.errors import BadInputError, ModelLoadError
 from autoprune.pruning.calibration import collect_activation_stats
-from autoprune.pruning.structured import (decoder_parameter_count, load_structured_model, prune_structured,
-                                          structure_for_rates)
+from autoprune.pruning.refit import refit_kept_columns
+from autoprune.pruning.structured import (REFIT_TARGETS, decoder_parameter_count, load_structured_model,
+                                          prune_structured, structure_for_rates)
 
 
 def hooked_stats(model, ids):
@@ -61,3 +62,50 @@ def test_bad_rates_and_unstructured_folders_are_clear_errors(tiny_llama, tiny_gp
     tiny_llama.save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="autoprune_structure"):
         load_structured_model(tmp_path)
+
+
+def test_refit_is_the_least_squares_fit_and_recovers_redundant_channels():
+    gen = torch.Generator().manual_seed(3)
+    kept = torch.tensor([0, 2, 3, 5])
+    base = torch.randn(400, 4, generator=gen)
+    mix = torch.randn(4, 2, generator=gen)
+    x = torch.zeros(400, 6)
+    x[:, kept] = base
+    x[:, [1, 4]] = base @ mix                       # the removed channels are combinations of kept ones
+    weight = torch.randn(3, 6, generator=gen)
+    gram = x.T @ x
+    fitted = refit_kept_columns(weight, gram, kept, damp=1e-9)
+    assert torch.allclose(x[:, kept] @ fitted.T, x @ weight.T, atol=1e-3)   # output recovered exactly
+    lstsq = torch.linalg.lstsq(x[:, kept].double(), (x @ weight.T).double()).solution.T
+    assert torch.allclose(fitted.double(), lstsq, atol=1e-3)
+    sliced_error = (x[:, kept] @ weight[:, kept].T - x @ weight.T).norm()
+    assert sliced_error > 1.0                                               # plain slicing loses them
+    strong = refit_kept_columns(weight, gram, kept, damp=1e9)
+    assert torch.allclose(strong, weight[:, kept], atol=1e-4)               # heavy damping = dense columns
+    with pytest.raises(ValueError, match="damp"):
+        refit_kept_columns(weight, gram, kept, damp=0.0)
+
+
+def test_grams_can_be_collected_for_the_refit_targets_only(tiny_llama):
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(4))
+    stats = collect_activation_stats(tiny_llama, WindowSet(ids, "test windows"), with_gram=REFIT_TARGETS)
+    with_gram = sorted(name.split(".", 3)[-1] for name, s in stats.items() if s.gram is not None)
+    assert with_gram == sorted(list(REFIT_TARGETS) * 2)                     # two blocks
+    with pytest.raises(BadInputError, match="XᵀX"):
+        prune_structured(tiny_llama, [0.5, 0.5], hooked_stats(tiny_llama, ids), reconstruct=True)
+
+
+def test_reconstruction_brings_pruned_outputs_closer_to_dense(tiny_llama):
+    import copy
+
+    ids = torch.randint(0, 256, (4, 64), generator=torch.Generator().manual_seed(5))
+    stats = collect_activation_stats(tiny_llama, WindowSet(ids, "test windows"), with_gram=REFIT_TARGETS)
+    with torch.no_grad():
+        dense = tiny_llama(ids).logits
+    errors = {}
+    for reconstruct in (False, True):
+        model = copy.deepcopy(tiny_llama)
+        prune_structured(model, [0.5, 0.5], stats, reconstruct=reconstruct)
+        with torch.no_grad():
+            errors[reconstruct] = (model(ids).logits - dense).pow(2).mean().item()
+    assert errors[True] < 0.8 * errors[False]

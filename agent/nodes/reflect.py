@@ -8,7 +8,7 @@ from autoprune.agent.archive import WANDA_ID
 from autoprune.agent.insights import Evidence, InsightGraph
 from autoprune.agent.nodes.common import ask
 from autoprune.agent.services import AgentServices
-from autoprune.agent.state import AgentState
+from autoprune.agent.state import AgentState, is_search_candidate
 from autoprune.agent.tournament import paired_wins
 
 _LESSON = re.compile(r"LESSON\s*:\s*(.+)", re.I)
@@ -64,7 +64,7 @@ def llm_cap_left(state: AgentState, services: AgentServices) -> bool:
 def reflect(state: AgentState, services: AgentServices) -> dict:
     generation = int(state.get("generation", 0))
     candidates = dict(state.get("candidates", {}))
-    latest = [rec for rec in candidates.values() if rec.get("generation") == generation and rec.get("origin") == "llm"]
+    latest = [rec for rec in candidates.values() if rec.get("generation") == generation and is_search_candidate(rec)]
     wanda = candidates.get(WANDA_ID, {})
     evidence = [evidence_for(rec, wanda) for rec in latest]
     lessons, accounting = [], {}

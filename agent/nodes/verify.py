@@ -20,7 +20,7 @@ import torch
 from autoprune.agent.archive import read_source
 from autoprune.agent.mask_files import differing_fraction, load_packed, save_masks
 from autoprune.agent.services import AgentServices, SandboxOutcome
-from autoprune.agent.state import AgentState, add_count, add_timing, with_candidate
+from autoprune.agent.state import AgentState, add_count, add_timing, is_search_candidate, with_candidate
 from autoprune.errors import MaskError
 from autoprune.pruning.masks import pack_mask, unpack_mask
 
@@ -101,7 +101,7 @@ def verify_batch(state: AgentState, services: AgentServices) -> dict:
     for cid in state.get("queue", []):
         if step.may_send(cid, already_sent=llm_sent):
             tasks.append(EvaluationTask(cid, read_source(services.run_dir, state["candidates"][cid]), level=0))
-            llm_sent += state["candidates"][cid].get("origin") == "llm"
+            llm_sent += is_search_candidate(state["candidates"][cid])
     for result in services.executor.map(tasks) if tasks else []:
         outcome = SandboxOutcome(status=result.status, message=result.message, timings=result.timings,
                                  masks=unpacked(result.packed_masks, services) if result.packed_masks else None,
@@ -132,14 +132,14 @@ class VerifyStep:
         """Seeds always; LLM candidates while the budget lasts, counting those already in this batch
         (else marked not-sent)."""
         budget = self.services.budget
-        if self.view["candidates"][cid].get("origin") != "llm" or (
+        if not is_search_candidate(self.view["candidates"][cid]) or (
                 budget.can_submit(self.view) and budget.candidates_left(self.view) > already_sent):
             return True
         self.merge(candidates=with_candidate(self.view, cid, status="not-sent", message="budget spent"))
         return False
 
     def record(self, cid: str, outcome: SandboxOutcome) -> str:
-        is_llm = self.view["candidates"][cid].get("origin") == "llm"
+        is_llm = is_search_candidate(self.view["candidates"][cid])
         budget_used = int(self.view.get("budget_used", 0)) + (1 if is_llm else 0)
         status, message, masks_path, digest = self._checked(cid, outcome)
         self.services.trace.emit("verdict", id=cid, status=status, message=message, group=outcome.group,

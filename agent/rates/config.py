@@ -9,6 +9,9 @@ from typing import Optional
 from autoprune.errors import BadInputError
 
 
+PROPOSALS = ("auto", "vector", "edit")
+
+
 @dataclass
 class RatesConfig:
     run_dir: Path
@@ -18,16 +21,18 @@ class RatesConfig:
     model: Optional[str] = None         # None = the embedded SmolLM2-135M
     data: Optional[str] = None          # data folder, 'wikitext2' or 'self'
     seqlen: int = 256                   # search-time windows (calibration and fitness)
-    nsamples: int = 8                   # calibration windows
+    nsamples: int = 32                  # calibration windows (the refit needs more tokens than scores)
     fitness_windows: int = 4            # validation windows per fitness evaluation
     eval_seqlen: int = 512              # final test perplexity protocol
     eval_windows: Optional[int] = 16
     low: float = 0.0                    # per-layer rate bounds
     high: float = 0.9
+    reconstruct: bool = True            # refit o_proj/down_proj on kept inputs (autoprune.pruning.refit)
     max_repairs: int = 1                # LLM repair rounds before trusted fallback
     llm_base_url: Optional[str] = None  # None = the embedded LLM on loopback
     llm_model: Optional[str] = None
-    llm_max_tokens: int = 256          # a 30-number list plus a few words
+    llm_max_tokens: int = 256          # a 30-number list plus a few words (an edit step is capped lower)
+    proposal: str = "auto"             # "vector" (the LLM writes the list), "edit" (one step line), "auto"
     llm_timeout_s: float = 600.0       # per request: a CPU-served model on a busy machine is slow
     temperature: float = 0.7
     seed: int = 0
@@ -44,8 +49,16 @@ class RatesConfig:
             raise BadInputError(f"--target-params must be in (0, 1), got {self.target_params}")
         if self.budget < 0 or self.population < 2:
             raise BadInputError("--budget must be >= 0 and --population >= 2")
+        if self.proposal not in PROPOSALS:
+            raise BadInputError(f"--proposal must be one of {', '.join(PROPOSALS)}, not {self.proposal!r}")
         if not 0.0 <= self.low < self.high < 1.0:
             raise BadInputError(f"rate bounds must satisfy 0 <= low < high < 1, got [{self.low}, {self.high}]")
+
+    def proposal_for(self, *, embedded_llm: bool) -> str:
+        """'auto': one edit step for the embedded 135M model, whole vectors for any other endpoint."""
+        if self.proposal == "auto":
+            return "edit" if embedded_llm else "vector"
+        return self.proposal
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from autoprune.agent.rates.config import RatesConfig
 from autoprune.agent.rates.evolution import rank
-from autoprune.agent.rates.services import RatesServices, pruned_copy
+from autoprune.agent.rates.services import RatesServices
 from autoprune.data import test_windows
 from autoprune.evaluators.latency import tokens_per_second
 from autoprune.evaluators.perplexity import perplexity
@@ -51,7 +51,7 @@ def make_finalizer(config: RatesConfig, corpus):
         uniform = next(m for m in state["history"] if m["origin"] == "uniform")
         variants = {"dense": measure(s.model, s.tokenizer, windows, config)}
         for label, member in (("uniform", uniform), ("searched", best)):
-            pruned = pruned_copy(s.model, member["rates"], s.stats)
+            pruned = s.pruned(member["rates"])
             variants[label] = {**measure(pruned, s.tokenizer, windows, config), "id": member["id"],
                                "rates": [round(r, 5) for r in member["rates"]],
                                "ppl_validation": member["fitness"],
@@ -66,6 +66,9 @@ def make_finalizer(config: RatesConfig, corpus):
                  "best_llm": rank(llm_members)[0]["id"] if llm_members else None,
                  "test_protocol": windows.description, "test": variants,
                  "outcomes": state.get("outcomes", {}), "evaluated": state.get("evaluated", 0)}
+        if s.reconstruct:       # what the refit bought: the uniform vector pruned without it
+            final["without_refit"] = {"uniform": {"test_ppl": perplexity(
+                s.pruned(uniform["rates"], reconstruct=False), windows)}}
         if config.export:
             final["export"] = export_model(pruned, s.tokenizer, config.run_dir / "model", final)
         return final

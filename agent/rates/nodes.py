@@ -11,17 +11,53 @@ import random
 import time
 
 from autoprune.agent.llm import LLMBudgetExceeded
+from autoprune.agent.rates.edits import apply_edit, looks_like_edit, parse_edit
 from autoprune.agent.rates.evolution import fallback_offspring, is_duplicate, rank, survivors
 from autoprune.agent.rates.services import RatesServices
 from autoprune.agent.rates.state import Member, RatesState
 from autoprune.errors import AutopruneError, BadInputError, LLMError
 from autoprune.pruning.rates import check_rates, parse_rate_vector
 
+STEPS_SHOWN = 6      # earlier LLM steps (with their results) in an edit-style prompt
+EDIT_MAX_TOKENS = 40  # one step line
+
+
+def thirds(rates: list[float]) -> list[float]:
+    """Mean rate of the first, middle and last third of the layers (the edit prompt's summary)."""
+    cuts = [0, len(rates) // 3, (2 * len(rates)) // 3, len(rates)]
+    return [sum(rates[a:b]) / max(1, b - a) for a, b in zip(cuts, cuts[1:])]
+
+
+def step_result(member: Member) -> str:
+    if member["fitness"] < member.get("best_ppl", 0.0):
+        return "new best"
+    return "better than its parents" if member["fitness"] < member.get("parent_ppl", 0.0) else "worse than its parents"
+
 
 def prompt_context(state: RatesState, s: RatesServices) -> dict:
     c = s.constraint
+    population = state["population"]
+    steps = [{"edit": m["edit"], "fitness": m["fitness"], "result": step_result(m)}
+             for m in state.get("history", []) if m.get("edit")][-STEPS_SHOWN:]
     return {"model_name": s.model_name, "n_layers": c.layers, "low": c.low, "high": c.high,
-            "target": c.target, "population": state["population"]}
+            "target": c.target, "population": population, "code_style": s.proposal,
+            "members": [{"rank": i, "fitness": m["fitness"], "thirds": thirds(m["rates"])}
+                        for i, m in enumerate(population, 1)],
+            "steps": steps, "example_offset": state.get("evaluated", 0) + state.get("attempts", 0)}
+
+
+def read_child(reply: str, state: RatesState, s: RatesServices) -> dict:
+    """The child in a reply: an edit step (small LLMs) or a whole vector (strong LLMs).
+    Returns rates, whether projection changed an LLM-written vector, the note, and the step."""
+    population = state["population"]
+    if looks_like_edit(reply) and (s.proposal == "edit" or "[" not in reply):
+        edit = parse_edit(reply, len(population), s.constraint.layers)
+        parents = [population[r - 1]["fitness"] for r in edit.parents]
+        return {"rates": apply_edit(edit, population, s.constraint), "projected": False, "edit": edit.describe(),
+                "note": f"step applied by trusted code: {edit.describe()}", "parent_ppl": min(parents),
+                "best_ppl": population[0]["fitness"]}
+    checked = check_rates(parse_rate_vector(reply), s.constraint)
+    return {"rates": checked.rates, "projected": checked.repaired, "edit": "", "note": checked.note}
 
 
 def evaluated_member(s: RatesServices, member: Member) -> Member:
@@ -68,7 +104,8 @@ def propose(state: RatesState, s: RatesServices) -> dict:
         messages += s.prompts.render("repair", **context, reply=state["reply"], error=state["error"])[1:]
     attempts = state.get("attempts", 0) + 1
     try:
-        reply = s.llm.chat(messages, node="propose", temperature=s.temperature, max_tokens=s.llm_max_tokens,
+        cap = s.llm_max_tokens if s.proposal == "vector" else min(s.llm_max_tokens, EDIT_MAX_TOKENS)
+        reply = s.llm.chat(messages, node="propose", temperature=s.temperature, max_tokens=cap,
                            seed=s.seed + 1000 * state.get("evaluated", 0) + attempts)
     except LLMBudgetExceeded:
         raise
@@ -85,16 +122,19 @@ def validate(state: RatesState, s: RatesServices) -> dict:
         s.trace.emit("verdict", id=cid, status="rejected", attempt=state["attempts"], message=state["error"])
         return {}
     try:
-        checked = check_rates(parse_rate_vector(state["reply"]), s.constraint)
-        if is_duplicate(checked.rates, state["history"]):
-            raise BadInputError("this list equals a member already evaluated; change some layers")
+        child = read_child(state["reply"], state, s)
+        if is_duplicate(child["rates"], state["history"]):
+            raise BadInputError("this child equals a member already evaluated; choose other parents, "
+                                "another cut or another move")
     except AutopruneError as exc:
         s.trace.emit("verdict", id=cid, status="rejected", attempt=state["attempts"], message=str(exc))
         return {"error": str(exc)}
-    outcome = "llm_repaired" if state["attempts"] > 1 else ("projected" if checked.repaired else "as_is")
-    member: Member = {"id": cid, "rates": checked.rates, "fitness": None, "params_fraction": 0.0,
-                      "origin": "llm", "outcome": outcome, "generation": state.get("evaluated", 0) + 1}
-    announce(s, member, checked.note)
+    first_try = "llm_edit" if child["edit"] else ("projected" if child["projected"] else "as_is")
+    member: Member = {"id": cid, "rates": child["rates"], "fitness": None, "params_fraction": 0.0,
+                      "origin": "llm", "outcome": "llm_repaired" if state["attempts"] > 1 else first_try,
+                      "generation": state.get("evaluated", 0) + 1,
+                      **{k: child[k] for k in ("edit", "parent_ppl", "best_ppl") if k in child}}
+    announce(s, member, child["note"])
     return {"pending": member, "error": ""}
 
 

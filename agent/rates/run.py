@@ -20,6 +20,7 @@ from autoprune.agent.rates.finale import make_finalizer
 from autoprune.agent.rates.graph import build_graph
 from autoprune.agent.rates.services import RatesServices
 from autoprune.agent.rates.setup import SearchInputs, allocator_seeds, prepare_search
+from autoprune.agent.rates.state import OUTCOMES
 from autoprune.agent.trace import TraceWriter
 from autoprune.errors import BadInputError
 from autoprune.models import LoadedModel
@@ -65,12 +66,14 @@ def check_run_dir(config: RatesConfig) -> None:
         raise BadInputError(f"nothing to resume in {config.run_dir} (no {CHECKPOINTS})")
 
 
-def make_services(config: RatesConfig, inputs: SearchInputs, llm: LLMClient, trace: TraceWriter) -> RatesServices:
+def make_services(config: RatesConfig, inputs: SearchInputs, llm: LLMClient, trace: TraceWriter,
+                  proposal: str) -> RatesServices:
     return RatesServices(model=inputs.model, tokenizer=inputs.tokenizer, stats=inputs.stats, windows=inputs.windows,
                          constraint=inputs.constraint, llm=llm, trace=trace, prompts=rates_prompt_set(),
                          model_name=inputs.model_name, budget=config.budget, population_size=config.population,
                          max_repairs=config.max_repairs, llm_max_tokens=config.llm_max_tokens,
-                         temperature=config.temperature, seed=config.seed,
+                         temperature=config.temperature, seed=config.seed, reconstruct=config.reconstruct,
+                         proposal=proposal,
                          seeds=allocator_seeds(inputs.model, inputs.stats, inputs.constraint),
                          finalize=make_finalizer(config, inputs.corpus))
 
@@ -79,7 +82,8 @@ def announce_run(config: RatesConfig, inputs: SearchInputs, trace: TraceWriter, 
     c = inputs.constraint
     trace.emit("run_resumed" if config.resume else "run_started", run_id=config.run_dir.name, mode="rates",
                config=config.to_dict(), model=inputs.model_name,
-               llm={"base_url": llm[0], "model": llm[1], "embedded": llm[2]},
+               llm={"base_url": llm[0], "model": llm[1], "embedded": llm[2],
+                    "proposal": config.proposal_for(embedded_llm=llm[2])},
                protocol={"calibration": inputs.calibration.description, "fitness": inputs.windows.description,
                          "seqlen": config.seqlen},
                constraint={"mean_rate": c.target, "low": c.low, "high": c.high, "layers": c.layers,
@@ -110,7 +114,7 @@ def summarize(config: RatesConfig, inputs: SearchInputs, state: dict, seconds: f
             "mean_rate": inputs.constraint.target, "uniform_params_fraction": inputs.uniform_params_fraction,
             "budget": config.budget, "evaluated": state.get("evaluated", 0), "outcomes": outcomes,
             "llm_vector_used": {k: round(outcomes.get(k, 0) / offspring, 3)
-                                for k in ("as_is", "projected", "llm_repaired", "fallback")},
+                                for k in OUTCOMES},
             "population": [{k: m[k] for k in ("id", "origin", "outcome", "fitness", "params_fraction")}
                            for m in state.get("population", [])],
             "final": state.get("final", {}), "seconds": round(seconds, 1)}
@@ -129,7 +133,7 @@ def run_rates_search(config: RatesConfig, *, loaded: LoadedModel | None = None, 
     with llm_endpoint(config, given=llm is not None) as endpoint:
         llm = llm or traced_llm(endpoint[0], endpoint[1], trace, config.llm_timeout_s)
         announce_run(config, inputs, trace, endpoint)
-        services = make_services(config, inputs, llm, trace)
+        services = make_services(config, inputs, llm, trace, config.proposal_for(embedded_llm=endpoint[2]))
         conn = sqlite3.connect(config.run_dir / CHECKPOINTS, check_same_thread=False)
         try:
             state = drive(services, conn, "rates")

@@ -20,10 +20,10 @@ from autoprune.pruning.stats import ActivationStats
 from autoprune.pruning.structured import prune_structured
 
 
-def pruned_copy(model, rates: list[float], stats: dict[str, ActivationStats]):
+def pruned_copy(model, rates: list[float], stats: dict[str, ActivationStats], *, reconstruct: bool = False):
     """A structurally pruned deep copy; the dense model stays untouched for the next candidate."""
     clone = copy.deepcopy(model)
-    prune_structured(clone, rates, stats)
+    prune_structured(clone, rates, stats, reconstruct=reconstruct)
     return clone.eval()
 
 
@@ -44,6 +44,8 @@ class RatesServices:
     llm_max_tokens: int = 256
     temperature: float = 0.7
     seed: int = 0
+    reconstruct: bool = False                         # refit output projections after pruning
+    proposal: str = "vector"                          # "vector" or "edit" (agent/rates/edits.py)
     seeds: list[dict] = field(default_factory=list)   # generation 0: {"origin", "rates"}
     finalize: Optional[object] = None                 # callable(state, services) -> dict
     _cache: dict[tuple, float] = field(default_factory=dict)
@@ -53,8 +55,13 @@ class RatesServices:
         """Validation perplexity of the model pruned by `rates` (cached per vector)."""
         key = tuple(round(r, 6) for r in rates)
         if key not in self._cache:
-            self._cache[key] = perplexity(pruned_copy(self.model, rates, self.stats), self.windows)
+            self._cache[key] = perplexity(self.pruned(rates), self.windows)
         return self._cache[key]
+
+    def pruned(self, rates: list[float], *, reconstruct: Optional[bool] = None):
+        """The model pruned by `rates` (refitted when the search reconstructs, unless told otherwise)."""
+        refit = self.reconstruct if reconstruct is None else reconstruct
+        return pruned_copy(self.model, rates, self.stats, reconstruct=refit)
 
     def prime(self, rates: list[float], value: float) -> None:
         """Remember a fitness computed before a resume."""

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Optional, TypedDict
+from typing import NotRequired, Optional, TypedDict
 
 # How an offspring came to be (the counts the report states).
-OUTCOMES = ("as_is", "projected", "llm_repaired", "fallback")
+OUTCOMES = ("as_is", "projected", "llm_edit", "llm_repaired", "fallback")
 
 
 class Member(TypedDict):
@@ -16,6 +16,11 @@ class Member(TypedDict):
     origin: str                         # "uniform", "owl", "sdsa", "llm", "fallback"
     outcome: str                        # one of OUTCOMES, or "seed"
     generation: int
+    # LLM edit steps only (agent/rates/edits.py): the step, its parents' best and the population's
+    # best perplexity when it was proposed (what the next prompts report as its result)
+    edit: NotRequired[str]
+    parent_ppl: NotRequired[float]
+    best_ppl: NotRequired[float]
 
 
 class RatesState(TypedDict, total=False):

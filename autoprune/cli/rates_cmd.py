@@ -22,16 +22,21 @@ def search_rates(
     data: Optional[str] = typer.Option(None, help="data folder, 'wikitext2' (hub) or 'self'"),
     population: int = typer.Option(6, help="population kept by elitism"),
     seqlen: int = typer.Option(256, help="tokens per search-time window"),
-    nsamples: int = typer.Option(8, help="calibration windows"),
+    nsamples: int = typer.Option(32, help="calibration windows"),
     fitness_windows: int = typer.Option(4, help="validation windows per fitness evaluation"),
     eval_seqlen: int = typer.Option(512, help="tokens per final test window"),
     eval_windows: Optional[int] = typer.Option(16, help="final test windows (0 = all)"),
     low: float = typer.Option(0.0, help="lowest per-layer rate"),
     high: float = typer.Option(0.9, help="highest per-layer rate"),
+    reconstruct: bool = typer.Option(True, "--reconstruct/--no-reconstruct",
+                                     help="refit o_proj/down_proj on the kept inputs (least squares, calibration)"),
     max_repairs: int = typer.Option(1, help="LLM repair rounds before the trusted fallback"),
     llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint (default: embedded)"),
     llm_model: Optional[str] = typer.Option(None, help="model name at that endpoint"),
     llm_max_tokens: int = typer.Option(256, help="cap per LLM reply"),
+    proposal: str = typer.Option("auto", help="how the LLM proposes a child: vector (the whole list), edit "
+                                              "(one step: parents, cut, move; applied by trusted code), "
+                                              "auto (edit for the embedded model)"),
     llm_timeout: float = typer.Option(600.0, help="seconds per LLM request"),
     zeroshot: Optional[str] = typer.Option(None, help="comma-separated zero-shot tasks for the final model"),
     zeroshot_data: Optional[str] = typer.Option(None, help="local zero-shot data folder"),
@@ -46,9 +51,9 @@ def search_rates(
 
     config = RatesConfig(run_dir=run_dir, target_params=target_params, budget=budget, population=population,
                          model=model, data=data, seqlen=seqlen, nsamples=nsamples, fitness_windows=fitness_windows,
-                         eval_seqlen=eval_seqlen, eval_windows=eval_windows or None, low=low, high=high,
+                         eval_seqlen=eval_seqlen, eval_windows=eval_windows or None, low=low, high=high, reconstruct=reconstruct,
                          max_repairs=max_repairs, llm_base_url=llm_base_url, llm_model=llm_model, seed=seed,
-                         llm_max_tokens=llm_max_tokens, llm_timeout_s=llm_timeout,
+                         llm_max_tokens=llm_max_tokens, llm_timeout_s=llm_timeout, proposal=proposal,
                          zeroshot_tasks=[t for t in (zeroshot or "").split(",") if t],
                          zeroshot_data=zeroshot_data, zeroshot_limit=zeroshot_limit, export=not no_export,
                          resume=resume)
@@ -70,6 +75,9 @@ def print_summary(summary: dict) -> None:
         table.add_row(label, f"{v.get('params_fraction', 1.0):.3f}", f"{v['ppl_validation']:.2f}" if v.get("ppl_validation") else "-",
                       f"{v['test_ppl']:.2f}", f"{v['tokens_per_s']:.0f}", f"{v.get('speedup', 1.0):.2f}x")
     console.print(table)
+    if final.get("without_refit"):
+        console.print(f"uniform without the least-squares refit: test ppl "
+                      f"{final['without_refit']['uniform']['test_ppl']:.2f}")
     console.print(f"offspring: {summary['outcomes']}  (as_is/projected = the LLM's vector used, "
                   f"llm_repaired = after a repair turn, fallback = trusted code)")
     if final.get("export"):

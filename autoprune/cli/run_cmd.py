@@ -32,6 +32,8 @@ def run(
     fitness_levels: Optional[str] = typer.Option(None, help="windows per fidelity level, e.g. 2,8,32"),
     test_windows: Optional[int] = typer.Option(None, help="test windows of the final evaluation (default: all)"),
     code_style: Optional[str] = typer.Option(None, help="auto | program | expression"),
+    no_mutation: bool = typer.Option(False, "--no-mutation",
+                                     help="never mutate a repeated expression in trusted code; ask the LLM again"),
     prompts: Optional[str] = typer.Option(None, help="prompt set to use (default gcot; see `plugins`)"),
     llm_max_tokens: Optional[int] = typer.Option(None, help="cap on each LLM reply (default 768)"),
     reconstruct: bool = typer.Option(False, "--reconstruct",
@@ -56,7 +58,7 @@ def run(
                              llm_base_url=llm_base_url, llm_model=llm_model, sandbox=sandbox, gpus=gpus, data=data,
                              out=out, seed=seed, calibration_samples=nsamples, seqlen=seqlen,
                              fitness_levels=levels, test_windows=test_windows, code_mode=code_style,
-                             llm_max_tokens=llm_max_tokens, prompts=prompts,
+                             mutate_repeats=False if no_mutation else None, llm_max_tokens=llm_max_tokens, prompts=prompts,
                              reconstruct=reconstruct or None, executor=executor, workers=workers,
                              ray_address=ray_address, zeroshot_data=zeroshot_data, zeroshot_limit=zeroshot_limit,
                              final_tasks=[t.strip() for t in final_tasks.split(",") if t.strip()]

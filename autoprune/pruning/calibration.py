@@ -18,7 +18,7 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Union
 
 import torch
 from torch import nn
@@ -29,6 +29,7 @@ from autoprune.progress import progress_bar
 from autoprune.pruning.stats import ActivationStats, RunningChannelStats
 
 CACHE_VERSION = 1
+GramSelection = Union[bool, tuple[str, ...]]
 BATCH_SIZE = 4
 
 
@@ -42,12 +43,20 @@ def target_linears(model: nn.Module) -> dict[str, tuple[int, nn.Module]]:
     return out
 
 
+def wants_gram(name: str, selection: GramSelection) -> bool:
+    """`selection` is True/False for every linear, or the name endings that get XᵀX
+    (("self_attn.o_proj", "mlp.down_proj") for structured refits: a 7B model's full set is ~28 GB)."""
+    if isinstance(selection, bool):
+        return selection
+    return any(name.endswith("." + suffix) for suffix in selection)
+
+
 @contextmanager
-def stat_hooks(modules: dict[str, nn.Module], *, with_gram: bool) -> Iterator[dict[str, RunningChannelStats]]:
+def stat_hooks(modules: dict[str, nn.Module], *, with_gram: GramSelection) -> Iterator[dict[str, RunningChannelStats]]:
     """Forward hooks that feed each module's input into a RunningChannelStats, removed on exit.
 
     Statistics live on the CPU whatever the model's device (they are small next to the model)."""
-    running = {name: RunningChannelStats(linear_weight(m).shape[1], with_gram=with_gram)
+    running = {name: RunningChannelStats(linear_weight(m).shape[1], with_gram=wants_gram(name, with_gram))
                for name, m in modules.items()}
     handles = [m.register_forward_hook(lambda mod, args, out, n=name: running[n].update(args[0].detach().cpu()))
                for name, m in modules.items()]
@@ -109,7 +118,7 @@ def as_out_in(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
     return tensor.T.contiguous() if type(module).__name__ == "Conv1D" else tensor
 
 
-def collect_activation_stats(model: nn.Module, windows: WindowSet, *, with_gram: bool = False,
+def collect_activation_stats(model: nn.Module, windows: WindowSet, *, with_gram: GramSelection = False,
                              with_grad: bool = False, cache_dir: Optional[Path | str] = None,
                              progress: bool = False) -> dict[str, ActivationStats]:
     """Statistics of every target linear's inputs on the dense model, keyed by full module name."""
@@ -141,11 +150,11 @@ def weight_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_key(model: nn.Module, windows: WindowSet, *, with_gram: bool, with_grad: bool) -> str:
+def cache_key(model: nn.Module, windows: WindowSet, *, with_gram: GramSelection, with_grad: bool) -> str:
     ids_hash = hashlib.sha256(windows.ids.numpy().tobytes()).hexdigest()[:16]
     parts = {"v": CACHE_VERSION, "model": getattr(model.config, "_name_or_path", ""),
              "weights": weight_fingerprint(model), "windows": windows.description, "ids": ids_hash,
-             "shape": list(windows.ids.shape), "gram": with_gram, "grad": with_grad}
+             "shape": list(windows.ids.shape), "gram": with_gram if isinstance(with_gram, bool) else sorted(with_gram), "grad": with_grad}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 

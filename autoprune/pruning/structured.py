@@ -13,15 +13,18 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
 
 from autoprune.adapters import adapter_for
 from autoprune.errors import BadInputError, ModelLoadError
+from autoprune.pruning.refit import DEFAULT_DAMP, refit_kept_columns
 from autoprune.pruning.stats import ActivationStats
 
 STRUCTURE_KEY = "autoprune_structure"
+REFIT_TARGETS = ("self_attn.o_proj", "mlp.down_proj")   # the linears whose inputs lose channels
 
 
 @dataclass
@@ -74,9 +77,21 @@ def head_rows(groups: torch.Tensor, per_group: int, head_dim: int) -> torch.Tens
     return torch.cat([torch.arange(g * width, (g + 1) * width) for g in groups.tolist()])
 
 
+def refit_in_place(linear: nn.Linear, dense_weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tensor,
+                   damp: float) -> None:
+    if len(kept) == dense_weight.shape[1]:
+        return                                   # nothing removed: keep the dense weight exactly
+    with torch.no_grad():
+        linear.weight.copy_(refit_kept_columns(dense_weight, gram, kept, damp=damp))
+
+
 def prune_block(block: nn.Module, structure: LayerStructure, mlp_scores: torch.Tensor,
-                group_scores: torch.Tensor, head_dim: int, group_size: int) -> None:
+                group_scores: torch.Tensor, head_dim: int, group_size: int, *,
+                grams: Optional[dict[str, torch.Tensor]] = None, damp: float = DEFAULT_DAMP) -> None:
+    """Slice one block to `structure`; with `grams` (XᵀX of o_proj and down_proj inputs, keyed
+    by REFIT_TARGETS) the two output projections are refitted on their kept inputs."""
     mlp, attn = block.mlp, block.self_attn
+    dense_down, dense_o = mlp.down_proj.weight, attn.o_proj.weight
     channels = keep_top(mlp_scores, structure.intermediate)
     mlp.gate_proj = slice_linear(mlp.gate_proj, rows=channels)
     mlp.up_proj = slice_linear(mlp.up_proj, rows=channels)
@@ -88,6 +103,9 @@ def prune_block(block: nn.Module, structure: LayerStructure, mlp_scores: torch.T
     attn.k_proj = slice_linear(attn.k_proj, rows=kv_rows)
     attn.v_proj = slice_linear(attn.v_proj, rows=kv_rows)
     attn.o_proj = slice_linear(attn.o_proj, cols=q_rows)
+    if grams is not None:
+        refit_in_place(mlp.down_proj, dense_down, grams["mlp.down_proj"], channels, damp)
+        refit_in_place(attn.o_proj, dense_o, grams["self_attn.o_proj"], q_rows, damp)
 
 
 def structure_for_rates(model, rates: list[float]) -> list[LayerStructure]:
@@ -114,8 +132,19 @@ def structure_for_rates(model, rates: list[float]) -> list[LayerStructure]:
     return structure
 
 
-def prune_structured(model, rates: list[float], stats: dict[str, ActivationStats]) -> list[LayerStructure]:
-    """Remove channels and KV groups in place, per layer, by `rates`; returns the new structure."""
+def refit_grams(stats: dict[str, ActivationStats], prefix: str, index: int) -> dict[str, torch.Tensor]:
+    grams = {target: stats[f"{prefix}.{index}.{target}"].gram for target in REFIT_TARGETS}
+    missing = [target for target, gram in grams.items() if gram is None]
+    if missing:
+        raise BadInputError(f"reconstruction needs XᵀX of {', '.join(missing)} in block {index}: "
+                            f"calibrate with with_gram=REFIT_TARGETS")
+    return grams
+
+
+def prune_structured(model, rates: list[float], stats: dict[str, ActivationStats], *,
+                     reconstruct: bool = False, damp: float = DEFAULT_DAMP) -> list[LayerStructure]:
+    """Remove channels and KV groups in place, per layer, by `rates`; returns the new structure.
+    `reconstruct` refits o_proj and down_proj on their kept inputs (`autoprune.pruning.refit`)."""
     adapter = adapter_for(model)
     head_dim, _, group_size = attention_geometry(model)
     structure = structure_for_rates(model, rates)
@@ -124,7 +153,8 @@ def prune_structured(model, rates: list[float], stats: dict[str, ActivationStats
         mlp_scores = mlp_channel_importance(block.mlp, stats[f"{prefix}.{index}.mlp.down_proj"])
         group_scores = kv_group_importance(block.self_attn, stats[f"{prefix}.{index}.self_attn.o_proj"],
                                            head_dim, group_size)
-        prune_block(block, layer, mlp_scores, group_scores, head_dim, group_size)
+        grams = refit_grams(stats, prefix, index) if reconstruct else None
+        prune_block(block, layer, mlp_scores, group_scores, head_dim, group_size, grams=grams, damp=damp)
     setattr(model.config, STRUCTURE_KEY, [asdict(s) for s in structure])
     return structure
 

@@ -25,7 +25,7 @@ class FitnessPoint:
 class CandidateView:
     id: str
     generation: Optional[int] = None
-    origin: str = ""                   # "seed" | "llm" | "" (unknown)
+    origin: str = ""                   # "seed" | "llm" | "mutation" | "" (unknown)
     hypothesis: str = ""
     source: Optional[str] = None
     path: Optional[str] = None         # relative to the run folder

@@ -1,0 +1,106 @@
+"""Trusted mutation of an expression the LLM repeated (genetic-programming style, as in Pruner-Zero).
+
+The embedded 135M model mostly re-writes metrics already tested: in a budget-50 run 162 of
+182 write_code replies were repeats, and the run stopped at its LLM call cap with 12
+programs sent. Instead of asking again, a repeated expression is mutated by trusted code
+into one not tested yet; the result is still an untrusted candidate (static gate, sandbox,
+mask checks) and the trace says where it came from (`origin: "mutation"`, `parent`: the
+candidate it repeated).
+
+Single-point mutations of the expression tree, each changing the ranking of weights (a
+row- or layer-constant factor or a monotone transform of the whole score would not):
+- swap an input statistic:   X.norm -> X.max_abs
+- blend in a second one:     X.norm -> (X.norm + X.var.sqrt())
+- re-weight a statistic:     X.norm -> X.norm.pow(0.5)
+- re-weight the weight term: W.abs() -> W.abs().pow(1.5)
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import random
+from typing import Callable, Iterator, Optional
+
+from autoprune.agent.expression import X_TENSOR_FIELDS, CandidateFormatError, validate_expression
+
+POWERS = (0.5, 1.5, 2.0)
+SWAP_FIELDS = ("norm", "sq_mean", "var", "max_abs")   # never X.mean: it can be negative (sqrt → NaN)
+
+
+def _x_fields(tree: ast.AST) -> list[ast.Attribute]:
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+            and n.value.id == "X" and n.attr in X_TENSOR_FIELDS]
+
+
+def _weight_abs_calls(tree: ast.AST) -> list[ast.Call]:
+    """`W.abs()` and `torch.abs(W)` nodes."""
+    found = []
+    for n in ast.walk(tree):
+        if not isinstance(n, ast.Call) or not isinstance(n.func, ast.Attribute) or n.func.attr != "abs":
+            continue
+        target = n.func.value if not n.args else n.args[0]
+        if isinstance(target, ast.Name) and target.id == "W":
+            found.append(n)
+    return found
+
+
+def _field(name: str) -> ast.expr:
+    return ast.Attribute(value=ast.Name(id="X", ctx=ast.Load()), attr=name, ctx=ast.Load())
+
+
+def _pow(node: ast.expr, power: float) -> ast.expr:
+    return ast.Call(func=ast.Attribute(value=node, attr="pow", ctx=ast.Load()), args=[ast.Constant(power)],
+                    keywords=[])
+
+
+def _replacements(tree: ast.Expression) -> Iterator[tuple[ast.AST, ast.expr]]:
+    """(node, replacement) pairs: every single-point mutation of the tree."""
+    for node in _x_fields(tree):
+        for other in SWAP_FIELDS:
+            if other == node.attr:
+                continue
+            yield node, _field(other)
+            second = ast.Call(func=ast.Attribute(value=_field(other), attr="sqrt", ctx=ast.Load()), args=[],
+                              keywords=[]) if other == "var" else _field(other)
+            yield node, ast.BinOp(left=_field(node.attr), op=ast.Add(), right=second)
+        for power in POWERS:
+            yield node, _pow(_field(node.attr), power)
+    for node in _weight_abs_calls(tree):
+        for power in POWERS:
+            yield node, _pow(copy.deepcopy(node), power)
+
+
+class _Swap(ast.NodeTransformer):
+    def __init__(self, target: ast.AST, replacement: ast.expr):
+        self.target, self.replacement = target, replacement
+
+    def visit(self, node: ast.AST) -> ast.AST:
+        if node is self.target:
+            return self.replacement
+        return super().visit(node)
+
+
+def mutations(expression: str) -> list[str]:
+    """Every single-point mutation of `expression` that passes the expression check, deduplicated."""
+    tree = validate_expression(expression)
+    out: list[str] = []
+    for target, replacement in _replacements(tree):
+        index = list(ast.walk(tree)).index(target)
+        clone = copy.deepcopy(tree)
+        mutated = _Swap(list(ast.walk(clone))[index], replacement).visit(clone)
+        text = ast.unparse(ast.fix_missing_locations(mutated))
+        try:
+            validate_expression(text)
+        except CandidateFormatError:
+            continue
+        if text != expression and text not in out:
+            out.append(text)
+    return out
+
+
+def untested_mutation(expression: str, is_new: Callable[[str], bool], rng: random.Random) -> Optional[str]:
+    """A random single-point mutation for which `is_new(mutated_expression)` holds, or None."""
+    options = mutations(expression)
+    rng.shuffle(options)
+    return next((m for m in options if is_new(m)), None)
