@@ -223,7 +223,8 @@ class Finale:
         }
 
     def _best_llm(self, state: dict, wanda_nlls) -> Optional[dict]:
-        """The best LLM-written candidate against Wanda, paired on its highest common level."""
+        """The best search candidate (LLM-written, or a trusted mutation of one) against Wanda, paired on its
+        highest common level."""
         candidates = state["candidates"]
         best = next((cid for cid in state.get("leaderboard", []) if is_search_candidate(candidates[cid])), None)
         if best is None:
@@ -231,8 +232,8 @@ class Finale:
         rec = candidates[best]
         level = str(rec.get("level", 0))
         mine, ref = rec["nll"][level], candidates.get(WANDA_ID, {}).get("nll", {}).get(level)
-        return {"id": best, "hypothesis": rec.get("hypothesis", ""), "level": int(level), "ppl_validation":
-                rec.get("fitness"), "nwindows": len(mine),
+        return {"id": best, "origin": rec.get("origin"), "hypothesis": rec.get("hypothesis", ""),
+                "level": int(level), "ppl_validation": rec.get("fitness"), "nwindows": len(mine),
                 "wanda_ppl_same_windows": perplexity_of(ref) if ref else None,
                 "paired_wins_vs_wanda": paired_wins(mine, ref) if ref else None}
 

@@ -18,7 +18,7 @@ class RunSummary:
     best: Optional[dict]                     # {id, hypothesis, fitness (validation ppl), level}
     wanda_fitness: Optional[float]           # Wanda on the same validation windows
     beats_wanda: Optional[bool]
-    best_llm: Optional[dict] = None          # best LLM-written candidate vs Wanda on the same windows
+    best_llm: Optional[dict] = None          # best search candidate (LLM or mutation) vs Wanda, same windows
     test: dict = field(default_factory=dict)  # {uniform, owl, sdsa, wanda_uniform, dense[, *_reconstructed]}
     verdicts: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)   # llm / sandbox / fitness / wall seconds

@@ -60,6 +60,21 @@ def llm_reply_outcomes(events: list[dict]) -> Counter:
     return outcomes
 
 
+def candidate_expression(source: str) -> str:
+    """The `s = ...` line of a template-shaped candidate (the whole score body otherwise)."""
+    lines = [line.strip() for line in source.splitlines() if line.strip().startswith("s = ")]
+    return lines[0][4:] if lines else source.strip().splitlines()[-1]
+
+
+def describe_candidate(events: list[dict], candidate_id: str | None) -> dict:
+    """Origin, parent and scoring expression of one candidate, read from its trace event."""
+    event = next((e for e in events if e["type"] == "candidate" and e["id"] == candidate_id), None)
+    if event is None:
+        return {"origin": "seed" if str(candidate_id).startswith("seed-") else "unknown"}
+    return {"origin": event.get("origin"), "parent": event.get("parent"),
+            "expression": candidate_expression(event.get("source", ""))}
+
+
 def summarize(run_dir: Path) -> dict:
     events = read_trace(run_dir).events
     finished = [e for e in events if e["type"] == "run_finished"]
@@ -76,7 +91,15 @@ def summarize(run_dir: Path) -> dict:
         "valid_rate": llm_verdicts.get("ok", 0) / sent if sent else 0.0,
         "reply_outcomes": dict(llm_reply_outcomes(events)),
         "hypotheses": len([e for e in events if e["type"] == "hypothesis"]),
+        "best_candidate": describe_candidate(events, (summary.get("best_llm") or {}).get("id")),
     }
+
+
+def best_candidate_line(described: dict) -> str:
+    if not described.get("expression"):
+        return ""
+    parent = f" of {described['parent']}" if described.get("parent") else ""
+    return f"Best search candidate: `{described['expression']}` (origin {described['origin']}{parent})."
 
 
 def markdown(result: dict) -> str:
@@ -109,10 +132,11 @@ def markdown(result: dict) -> str:
         f"write_code replies: {json.dumps(result['reply_outcomes'])} (programs and mutated repeats cost budget).", "",
         "## Validation fitness (search)", "",
         markdown_table(["", "ppl", "windows", "paired wins vs Wanda"],
-                       [["best LLM candidate " + str(best.get("id")), f"{best.get('ppl_validation', float('nan')):.2f}",
+                       [["best search candidate " + str(best.get("id")), f"{best.get('ppl_validation', float('nan')):.2f}",
                          best.get("nwindows"), best.get("paired_wins_vs_wanda")],
                         ["Wanda, same windows", f"{best.get('wanda_ppl_same_windows') or float('nan'):.2f}",
                          best.get("nwindows"), ""]]), "",
+        best_candidate_line(result.get("best_candidate") or {}), "",
         f"Overall winner: {s['best']['id']} (beats Wanda: {s['beats_wanda']}).", "",
         "## Final test perplexity", "",
         markdown_table(["variant", "test ppl"], [[k, f"{v:.2f}"] for k, v in test.items() if v is not None]), "",
