@@ -12,7 +12,10 @@ import ast
 from pathlib import Path
 from typing import Mapping, Optional
 
+from autoprune.agent.expression import expression_of
+from autoprune.agent.rank_equivalence import rank_signature
 from autoprune.agent.state import AgentState, CandidateRecord
+from autoprune.sandbox.gate import declared_group
 
 WANDA_ID = "seed-wanda"
 CANDIDATES_DIR = "candidates"
@@ -100,7 +103,9 @@ def level_words(record: Mapping) -> str:
 
 
 def metric_fingerprint(source: str) -> str:
-    """What a candidate computes, ignoring docstrings, comments and formatting.
+    """What a candidate computes, ignoring docstrings, comments and formatting; for a one-expression
+    candidate, how it ranks weights (agent/rank_equivalence.py: `W.pow(2) * X.sq_mean` and
+    `W.abs() * X.norm` share one fingerprint).
 
     Two sources with one fingerprint prune identically, so the second is not worth
     a sandbox run: write_code sends it back to the LLM as "already tested".
@@ -109,6 +114,10 @@ def metric_fingerprint(source: str) -> str:
         tree = ast.parse(source)
     except SyntaxError:
         return source.strip()
+    expression = expression_of(source)
+    signature = rank_signature(expression, declared_group(tree) or "row") if expression else None
+    if signature is not None:
+        return "ranks as " + signature
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)

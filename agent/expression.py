@@ -213,3 +213,21 @@ def _check_attribute(node: ast.Attribute) -> None:
     elif attr not in TENSOR_METHODS:
         raise CandidateFormatError(f"tensor method `.{attr}` is not available; use .abs(), .sqrt(), "
                                    ".pow(p), .log1p(), .clamp(min=...). " + EXPRESSION_HINT)
+
+
+def expression_of(source: str) -> str:
+    """The scoring expression of a one-line candidate (`s = expr` template or a lone `return expr`), else ""."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return ""
+    score = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "score"), None)
+    if score is None:
+        return ""
+    body = [n for n in score.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    if len(body) == 1 and isinstance(body[0], ast.Return) and body[0].value is not None:
+        return ast.unparse(body[0].value)
+    if (len(body) == 2 and isinstance(body[0], ast.Assign) and [ast.unparse(t) for t in body[0].targets] == ["s"]
+            and isinstance(body[1], ast.Return) and "broadcast_to" in ast.unparse(body[1])):
+        return ast.unparse(body[0].value)
+    return ""

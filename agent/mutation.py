@@ -8,11 +8,15 @@ mask checks) and the trace says where it came from (`origin: "mutation"`, `paren
 candidate it repeated).
 
 Single-point mutations of the expression tree, each changing the ranking of weights (a
-row- or layer-constant factor or a monotone transform of the whole score would not):
+row- or layer-constant factor or a monotone transform of the whole score would not; a
+mutant that ranks like its parent is dropped, agent/rank_equivalence.py):
 - swap an input statistic:   X.norm -> X.max_abs
-- blend in a second one:     X.norm -> (X.norm + X.var.sqrt())
+- blend in a second one:     X.norm -> (X.norm / X.norm.mean() + X.max_abs / X.max_abs.mean())
 - re-weight a statistic:     X.norm -> X.norm.pow(0.5)
 - re-weight the weight term: W.abs() -> W.abs().pow(1.5)
+A blend adds the two statistics each divided by its layer mean: X.norm grows with the
+number of calibration tokens and X.sq_mean does not, so a raw sum is one of them (6 of 14
+`duplicate` verdicts in benchmarks/results/agent_run_mutation.md were such sums).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import random
 from typing import Callable, Iterator, Optional
 
 from autoprune.agent.expression import X_TENSOR_FIELDS, CandidateFormatError, validate_expression
+from autoprune.agent.rank_equivalence import rank_signature
 
 POWERS = (0.5, 1.5, 2.0)
 SWAP_FIELDS = ("norm", "sq_mean", "var", "max_abs")   # never X.mean: it can be negative (sqrt → NaN)
@@ -49,9 +54,19 @@ def _field(name: str) -> ast.expr:
     return ast.Attribute(value=ast.Name(id="X", ctx=ast.Load()), attr=name, ctx=ast.Load())
 
 
+def _method(node: ast.expr, name: str, *args: float) -> ast.expr:
+    return ast.Call(func=ast.Attribute(value=node, attr=name, ctx=ast.Load()),
+                    args=[ast.Constant(a) for a in args], keywords=[])
+
+
 def _pow(node: ast.expr, power: float) -> ast.expr:
-    return ast.Call(func=ast.Attribute(value=node, attr="pow", ctx=ast.Load()), args=[ast.Constant(power)],
-                    keywords=[])
+    return _method(node, "pow", power)
+
+
+def _relative(name: str) -> ast.expr:
+    """X.<name> over its layer mean (X.var as a standard deviation, like the other statistics)."""
+    stat = _method(_field(name), "sqrt") if name == "var" else _field(name)
+    return ast.BinOp(left=stat, op=ast.Div(), right=_method(copy.deepcopy(stat), "mean"))
 
 
 def _replacements(tree: ast.Expression) -> Iterator[tuple[ast.AST, ast.expr]]:
@@ -61,9 +76,7 @@ def _replacements(tree: ast.Expression) -> Iterator[tuple[ast.AST, ast.expr]]:
             if other == node.attr:
                 continue
             yield node, _field(other)
-            second = ast.Call(func=ast.Attribute(value=_field(other), attr="sqrt", ctx=ast.Load()), args=[],
-                              keywords=[]) if other == "var" else _field(other)
-            yield node, ast.BinOp(left=_field(node.attr), op=ast.Add(), right=second)
+            yield node, ast.BinOp(left=_relative(node.attr), op=ast.Add(), right=_relative(other))
         for power in POWERS:
             yield node, _pow(_field(node.attr), power)
     for node in _weight_abs_calls(tree):
@@ -82,8 +95,9 @@ class _Swap(ast.NodeTransformer):
 
 
 def mutations(expression: str) -> list[str]:
-    """Every single-point mutation of `expression` that passes the expression check, deduplicated."""
+    """Single-point mutations of `expression` that pass the expression check, one per ranking of weights."""
     tree = validate_expression(expression)
+    rankings = {rank_signature(expression)}
     out: list[str] = []
     for target, replacement in _replacements(tree):
         index = list(ast.walk(tree)).index(target)
@@ -94,7 +108,8 @@ def mutations(expression: str) -> list[str]:
             validate_expression(text)
         except CandidateFormatError:
             continue
-        if text != expression and text not in out:
+        if rank_signature(text) not in rankings:
+            rankings.add(rank_signature(text))
             out.append(text)
     return out
 

@@ -27,7 +27,7 @@ def _has_score_function(tree: ast.Module) -> bool:
     return False
 
 
-def _declared_group(tree: ast.Module) -> str | None:
+def declared_group(tree: ast.Module) -> str | None:
     """The literal value of a top-level `GROUP = "..."`, or None if absent."""
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(
@@ -70,7 +70,7 @@ def check_source(source: str) -> GateResult:
     if not _has_score_function(tree):
         return _reject("Line 1: no top-level 'def score(W, X)' with exactly two parameters; "
                        "define it and return a tensor shaped like W (higher = keep)")
-    group = _declared_group(tree) or "row"
+    group = declared_group(tree) or "row"
     if group not in ("row", "layer"):
         return _reject(f"GROUP must be the string \"row\" or \"layer\", got {group!r}")
     return GateResult(ok=True, group=group)

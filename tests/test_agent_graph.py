@@ -201,8 +201,10 @@ def test_finale_obs_reconstruction_scores_the_winner_and_restores_dense_weights(
 def test_duplicates_cost_no_fitness_and_go_back_to_the_llm(tmp_path):
     """A metric that prunes exactly like an earlier one (identical masks) is not evaluated; the same
     metric written twice is not even sent to the sandbox. Both come back as repair errors."""
-    same_masks_as_wanda = "```python\nW.abs() * X.norm * 1.0\n```"
-    ranks_like_wanda = "```python\nW.pow(2) * X.sq_mean\n```"     # (|W|·‖X‖)² / n: a monotone transform
+    # Both rank like Wanda in exact arithmetic, through a call the rank signature does not model (clamp),
+    # so they reach the sandbox and its mask comparison.
+    same_masks_as_wanda = "```python\nW.abs() * X.norm.clamp(min=0)\n```"
+    ranks_like_wanda = "```python\nW.pow(2) * X.sq_mean.clamp(min=0)\n```"   # (|W|·‖X‖)² / n, rounded apart
     replies = {**default_replies(), "write_code": [same_masks_as_wanda, ranks_like_wanda, GOOD_EXPRESSION,
                                                    GOOD_EXPRESSION, "```python\nW.abs().sqrt() * X.norm\n```"]}
     llm = ScriptedLLM(replies)
@@ -213,7 +215,7 @@ def test_duplicates_cost_no_fitness_and_go_back_to_the_llm(tmp_path):
     assert near["status"] == "duplicate" and "same weights as seed-wanda" in near["message"]
     assert not {"g001-a0", "g001-a1"} & set(state["leaderboard"]) and state["verdicts"]["duplicate"] == 2
     prompts = [m[-1]["content"] for node, m in llm.requests if node == "write_code"]
-    assert "identical masks" in prompts[1] and "already tested as g001-a2" in prompts[4]
+    assert "identical masks" in prompts[1] and "ranks weights exactly like g001-a2" in prompts[4]
     assert "g002-a0" not in state["candidates"] and state["candidates"]["g002-a1"]["status"] == "ok"
     assert state["budget_used"] == 4
 

@@ -15,9 +15,9 @@ from typing import Optional
 from autoprune.agent.archive import (already_tested, candidate_path, metric_fingerprint, read_source,
                                      tested_fingerprints)
 from autoprune.agent.codegen import candidate_from_reply
-from autoprune.agent.expression import CandidateFormatError, wrap_expression
+from autoprune.agent.expression import CandidateFormatError, expression_of, wrap_expression
 from autoprune.agent.mutation import untested_mutation
-from autoprune.agent.nodes.common import ask, expression_of
+from autoprune.agent.nodes.common import ask
 from autoprune.agent.services import AgentServices
 from autoprune.agent.state import AgentState, CandidateRecord, candidate_id, with_candidate
 
@@ -77,7 +77,7 @@ def duplicate_check(state: AgentState, services: AgentServices, source: str) -> 
     if earlier is None:
         return
     result = f"perplexity {earlier['fitness']:.1f}" if earlier.get("fitness") is not None else earlier.get("status")
-    raise AlreadyTested(f"this metric was already tested as {earlier['id']} ({result}). "
+    raise AlreadyTested(f"this metric ranks weights exactly like {earlier['id']}, already tested ({result}). "
                         "Write a DIFFERENT one that follows the hypothesis.", earlier)
 
 
