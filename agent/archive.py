@@ -111,9 +111,12 @@ def metric_fingerprint(source: str) -> str:
     a sandbox run: write_code sends it back to the LLM as "already tested".
     """
     try:
-        tree = ast.parse(source)
-    except SyntaxError:
+        return _fingerprint(ast.parse(source), source)
+    except (SyntaxError, RecursionError, MemoryError):
         return source.strip()
+
+
+def _fingerprint(tree: ast.Module, source: str) -> str:
     expression = expression_of(source)
     signature = rank_signature(expression, declared_group(tree) or "row") if expression else None
     if signature is not None:

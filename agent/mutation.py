@@ -11,12 +11,14 @@ Single-point mutations of the expression tree, each changing the ranking of weig
 row- or layer-constant factor or a monotone transform of the whole score would not; a
 mutant that ranks like its parent is dropped, agent/rank_equivalence.py):
 - swap an input statistic:   X.norm -> X.max_abs
-- blend in a second one:     X.norm -> (X.norm / X.norm.mean() + X.max_abs / X.max_abs.mean())
+- blend in a second one:     X.sq_mean -> (X.sq_mean + X.var)
+                             X.norm -> (X.norm / X.norm.mean() + X.max_abs / X.max_abs.mean())
 - re-weight a statistic:     X.norm -> X.norm.pow(0.5)
-- re-weight the weight term: W.abs() -> W.abs().pow(1.5)
-A blend adds the two statistics each divided by its layer mean: X.norm grows with the
-number of calibration tokens and X.sq_mean does not, so a raw sum is one of them (6 of 14
-`duplicate` verdicts in benchmarks/results/agent_run_mutation.md were such sums).
+- re-weight the weight term: W.abs() or W.pow(2) -> W.abs().pow(1.5)
+Statistics in the same units are added as they are; others each over its layer mean:
+X.norm grows with the number of calibration tokens and X.sq_mean does not, so their raw
+sum is one of them (6 of 14 `duplicate` verdicts in benchmarks/results/agent_run_mutation.md
+were such sums). When every single-point mutation was tested, two-point ones are tried.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from autoprune.agent.rank_equivalence import rank_signature
 
 POWERS = (0.5, 1.5, 2.0)
 SWAP_FIELDS = ("norm", "sq_mean", "var", "max_abs")   # never X.mean: it can be negative (sqrt → NaN)
+UNITS = {"norm": "x·√tokens", "sq_mean": "x²", "var": "x²", "max_abs": "x"}
 
 
 def _x_fields(tree: ast.AST) -> list[ast.Attribute]:
@@ -38,16 +41,23 @@ def _x_fields(tree: ast.AST) -> list[ast.Attribute]:
             and n.value.id == "X" and n.attr in X_TENSOR_FIELDS]
 
 
-def _weight_abs_calls(tree: ast.AST) -> list[ast.Call]:
-    """`W.abs()` and `torch.abs(W)` nodes."""
+def _weight_terms(tree: ast.AST) -> list[ast.expr]:
+    """`W.abs()`, `torch.abs(W)`, `W.pow(k)`, `torch.pow(W, k)` and `W ** k` nodes."""
     found = []
     for n in ast.walk(tree):
-        if not isinstance(n, ast.Call) or not isinstance(n.func, ast.Attribute) or n.func.attr != "abs":
+        if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Pow) and _is_w(n.left):
+            found.append(n)
+        if not isinstance(n, ast.Call) or not isinstance(n.func, ast.Attribute) or n.func.attr not in ("abs", "pow"):
             continue
-        target = n.func.value if not n.args else n.args[0]
-        if isinstance(target, ast.Name) and target.id == "W":
+        on_module = isinstance(n.func.value, ast.Name) and n.func.value.id == "torch"
+        target = n.args[0] if on_module and n.args else n.func.value
+        if _is_w(target):
             found.append(n)
     return found
+
+
+def _is_w(node: ast.AST) -> bool:
+    return isinstance(node, ast.Name) and node.id == "W"
 
 
 def _field(name: str) -> ast.expr:
@@ -76,12 +86,19 @@ def _replacements(tree: ast.Expression) -> Iterator[tuple[ast.AST, ast.expr]]:
             if other == node.attr:
                 continue
             yield node, _field(other)
-            yield node, ast.BinOp(left=_relative(node.attr), op=ast.Add(), right=_relative(other))
+            yield node, _blend(node.attr, other)
         for power in POWERS:
             yield node, _pow(_field(node.attr), power)
-    for node in _weight_abs_calls(tree):
+    for node in _weight_terms(tree):
         for power in POWERS:
-            yield node, _pow(copy.deepcopy(node), power)
+            yield node, _pow(_method(ast.Name(id="W", ctx=ast.Load()), "abs"), power)
+
+
+def _blend(name: str, other: str) -> ast.expr:
+    """X.<name> + X.<other> when both are in the same units, else each over its layer mean."""
+    if UNITS[name] == UNITS[other]:
+        return ast.BinOp(left=_field(name), op=ast.Add(), right=_field(other))
+    return ast.BinOp(left=_relative(name), op=ast.Add(), right=_relative(other))
 
 
 class _Swap(ast.NodeTransformer):
@@ -114,8 +131,16 @@ def mutations(expression: str) -> list[str]:
     return out
 
 
-def untested_mutation(expression: str, is_new: Callable[[str], bool], rng: random.Random) -> Optional[str]:
-    """A random single-point mutation for which `is_new(mutated_expression)` holds, or None."""
-    options = mutations(expression)
-    rng.shuffle(options)
-    return next((m for m in options if is_new(m)), None)
+def untested_mutation(expression: str, is_new: Callable[[str], bool], rng: random.Random,
+                      depth: int = 2) -> Optional[str]:
+    """A random mutation for which `is_new(mutated_expression)` holds, or None: single-point ones
+    first; when all of those were tested, a mutation of one of them (up to `depth` points)."""
+    frontier = [expression]
+    for _ in range(depth):
+        options = list(dict.fromkeys(m for parent in frontier for m in mutations(parent)))
+        rng.shuffle(options)
+        found = next((m for m in options if is_new(m)), None)
+        if found is not None:
+            return found
+        frontier = options
+    return None

@@ -16,7 +16,8 @@ here, keyed by its text), with these exact rewrites:
   sums are collected, products stay factored (a sum inside a product is one composite
   atom, scaled so its first term's coefficient is 1); unsqueeze(0), float() change nothing;
 then, for ranking only: a constant term added to other terms is dropped (a shift), and a
-single monomial loses its positive constant factors (its coefficient, N) and, when it is
+single monomial loses its positive factors that are constant within the layer (its
+coefficient, N, X.num_layers, `1 + X.layer_index / X.num_layers`) and, when it is
 nonnegative, has its exponents divided by the largest magnitude (s -> s**k, k > 0). Two
 expressions with one signature (and one GROUP) rank every group alike; different
 signatures may still prune alike (the sandbox's mask comparison catches those).
@@ -31,7 +32,10 @@ Monomial = tuple[tuple[str, float], ...]       # sorted (atom, exponent), no zer
 Polynomial = dict[Monomial, float]             # monomial -> coefficient
 
 SIGN_W, ABS_W, TOKENS = "sign(W)", "|W|", "N"
-NONNEGATIVE_ATOMS = frozenset({ABS_W, TOKENS, "X.sq_mean", "X.var", "X.max_abs"})
+POSITIVE_LAYER_CONSTANTS = frozenset({TOKENS, "X.num_layers", "X.in_features"})
+LAYER_CONSTANTS = POSITIVE_LAYER_CONSTANTS | {"X.layer_index"}
+NONNEGATIVE_ATOMS = LAYER_CONSTANTS | {ABS_W, "X.sq_mean", "X.var", "X.max_abs"}
+NONNEGATIVE_SUM, POSITIVE_CONSTANT_SUM, OTHER_SUM = "[+ ", "[k ", "[? "
 _DIGITS = 9
 
 
@@ -39,9 +43,9 @@ def rank_signature(expression: str, group: str = "row") -> Optional[str]:
     """A string equal for expressions that rank weights alike within `group`; None if unparsable."""
     try:
         tree = ast.parse(expression, mode="eval")
-    except SyntaxError:
-        return None
-    ranked = _for_ranking(_read(tree.body))
+        ranked = _for_ranking(_read(tree.body))
+    except (SyntaxError, RecursionError, MemoryError, ArithmeticError, ValueError):
+        return None                                # hostile nesting, 1e308 ** 2: no opinion
     return f"{group}:{sorted(ranked.items())!r}"
 
 
@@ -190,8 +194,20 @@ def _as_term(p: Polynomial) -> tuple[Monomial, float]:
     terms = sorted(p.items())
     lead = terms[0][1]
     nonnegative = all(c > 0 and all(_nonnegative(atom, e) for atom, e in mono) for mono, c in terms)
-    name = ("[+ " if nonnegative else "[? ") + repr([(mono, round(c / lead, _DIGITS)) for mono, c in terms]) + "]"
+    layer_constant = all(_is_layer_constant(atom) for mono, _ in terms for atom, _ in mono)
+    kind = (POSITIVE_CONSTANT_SUM if nonnegative and layer_constant and () in p
+            else NONNEGATIVE_SUM if nonnegative else OTHER_SUM)
+    name = kind + repr([(mono, round(c / lead, _DIGITS)) for mono, c in terms]) + "]"
     return ((name, 1.0),), lead
+
+
+def _is_layer_constant(atom: str) -> bool:
+    return atom in LAYER_CONSTANTS or atom.startswith(POSITIVE_CONSTANT_SUM)
+
+
+def _is_positive_layer_constant(atom: str) -> bool:
+    """One value per layer, > 0: N, X.num_layers, X.in_features, `1 + X.layer_index / X.num_layers`."""
+    return atom in POSITIVE_LAYER_CONSTANTS or atom.startswith(POSITIVE_CONSTANT_SUM)
 
 
 def _power(p: Polynomial, k: float) -> Optional[Polynomial]:
@@ -210,7 +226,7 @@ def _absolute(p: Polynomial) -> Optional[Polynomial]:
 
 
 def _nonnegative(atom: str, exponent: float) -> bool:
-    return (atom in NONNEGATIVE_ATOMS or atom.startswith("[+ ")
+    return (atom in NONNEGATIVE_ATOMS or atom.startswith((NONNEGATIVE_SUM, POSITIVE_CONSTANT_SUM))
             or (float(exponent).is_integer() and int(exponent) % 2 == 0))
 
 
@@ -225,7 +241,7 @@ def _for_ranking(p: Polynomial) -> Polynomial:
     (mono, c), = p.items()
     if mono == ():
         return {(): 0.0}                                  # a constant score: every order alike
-    exponents = {atom: e for atom, e in mono if atom != TOKENS}
+    exponents = {atom: e for atom, e in mono if not _is_positive_layer_constant(atom)}
     if exponents and all(_nonnegative(atom, e) for atom, e in exponents.items()):
         largest = max(abs(e) for e in exponents.values())
         exponents = {atom: e / largest for atom, e in exponents.items()}

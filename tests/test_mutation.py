@@ -22,7 +22,7 @@ def test_mutations_are_valid_distinct_single_point_changes():
     assert not any("X.mean" in m for m in found)                # can be negative: never swapped in
     for mutant in found:
         validate_expression(mutant)
-    assert "torch.abs(W).pow(1.5) * torch.sqrt(X.sq_mean)" in mutations("torch.abs(W) * torch.sqrt(X.sq_mean)")
+    assert "W.abs().pow(1.5) * torch.sqrt(X.sq_mean)" in mutations("torch.abs(W) * torch.sqrt(X.sq_mean)")
 
 
 def test_untested_mutation_skips_what_was_tested_and_can_give_up():
@@ -53,3 +53,18 @@ def test_a_mutant_that_ranks_like_a_tested_metric_is_not_chosen():
     assert "W.pow(2) * X.sq_mean" in mutations("W.pow(2) * X.var")
     picks = {untested_mutation("W.pow(2) * X.var", is_new, random.Random(seed)) for seed in range(40)}
     assert "W.pow(2) * X.sq_mean" not in picks and len(picks) > 3
+
+
+def test_blends_respect_units_and_squared_weights_are_re_weighted():
+    found = mutations("W.pow(2) * X.sq_mean")
+    assert "W.pow(2) * (X.sq_mean + X.var)" in found                               # both x²: summed as is
+    assert "W.pow(2) * (X.sq_mean / X.sq_mean.mean() + X.norm / X.norm.mean())" in found   # x² vs x·√N
+    assert "W.abs().pow(1.5) * X.sq_mean" in found                                 # W.pow(2) re-weighted
+
+
+def test_when_every_single_point_mutant_was_tested_two_point_ones_are_tried():
+    single = set(mutations("W.pow(2) * X.sq_mean"))
+    picked = untested_mutation("W.pow(2) * X.sq_mean", lambda m: m not in single, random.Random(0))
+    assert picked is not None and picked not in single
+    assert any(picked in mutations(parent) for parent in single)                   # one more point away
+    assert untested_mutation("W.pow(2) * X.sq_mean", lambda m: m not in single, random.Random(0), depth=1) is None

@@ -23,6 +23,7 @@ SAME_RANKING = [
     ("W.abs() * (2 * X.var + 2 * X.norm)", "W.abs() * (X.var + X.norm)"),
     ("W.abs() / X.var", "W.pow(2) / X.var.pow(2)"),
     ("W.abs() * X.norm.log1p()", "W.abs() * X.norm.log1p() * 3"),               # opaque parts compared as text
+    ("W.pow(2) * X.sq_mean * (1 + X.layer_index / X.num_layers)", "W.abs() * X.norm"),   # a layer's constant
 ]
 DIFFERENT_RANKING = [
     ("W.abs() * X.norm", "W * X.norm"),                                          # signed weights
@@ -32,6 +33,8 @@ DIFFERENT_RANKING = [
     ("W.abs() * (X.var + X.norm)", "W.abs() * (X.var + 2 * X.norm)"),
     ("W.pow(2) * X.var", "W.pow(2) * (X.var + X.sq_mean)"),
     ("W.abs() * X.norm.log1p()", "W.abs() * X.norm.log()"),
+    ("W.abs() * X.norm * X.layer_index", "W.abs() * X.norm"),                     # 0 in layer 0: all alike
+    ("W.abs() * (X.norm + X.layer_index)", "W.abs() * X.norm"),
 ]
 
 
@@ -48,6 +51,9 @@ def test_different_rankings_have_different_signatures(first, second):
 def test_group_is_part_of_the_signature_and_garbage_has_none():
     assert rank_signature("W.abs() * X.norm", "row") != rank_signature("W.abs() * X.norm", "layer")
     assert rank_signature("W.abs() * (") is None
+    assert rank_signature("W" + " + W" * 20000) is None                          # too deep: no opinion
+    assert rank_signature("W.abs() * 1e300 ** 2") is None                        # overflow
+    assert rank_signature("W.abs() * 0 ** -1") is not None                       # 0 ** -1 stays opaque
 
 
 def _row_masks(expression: str, stats: types.SimpleNamespace, W: torch.Tensor) -> torch.Tensor:
@@ -58,18 +64,22 @@ def _row_masks(expression: str, stats: types.SimpleNamespace, W: torch.Tensor) -
 
 
 def test_a_shared_signature_means_identical_masks_on_real_statistics():
-    """Soundness: every SAME_RANKING pair prunes identically on activation statistics with the
-    contract's relations (norm = sqrt(N · sq_mean)); every DIFFERENT_RANKING pair does not."""
+    """Soundness: every SAME_RANKING pair prunes identically in every layer on activation statistics
+    with the contract's relations (norm = sqrt(N · sq_mean)); every DIFFERENT_RANKING pair does not
+    (in some layer: X.layer_index is 0 in the first)."""
     torch.manual_seed(0)
     tokens = torch.randn(4096, 64, dtype=torch.float64) * torch.rand(64, dtype=torch.float64) * 4
     tokens += torch.randn(64, dtype=torch.float64)
-    stats = types.SimpleNamespace(norm=tokens.norm(dim=0), sq_mean=tokens.pow(2).mean(0), var=tokens.var(0, unbiased=False),
-                                  max_abs=tokens.abs().amax(0), mean=tokens.mean(0))
     W = torch.randn(32, 64, dtype=torch.float64)
+    layers = [types.SimpleNamespace(norm=tokens.norm(dim=0), sq_mean=tokens.pow(2).mean(0),
+                                    var=tokens.var(0, unbiased=False), max_abs=tokens.abs().amax(0),
+                                    mean=tokens.mean(0), layer_index=index, num_layers=30) for index in (0, 7)]
     for first, second in SAME_RANKING:
-        assert torch.equal(_row_masks(first, stats, W), _row_masks(second, stats, W)), (first, second)
+        for stats in layers:
+            assert torch.equal(_row_masks(first, stats, W), _row_masks(second, stats, W)), (first, second)
     for first, second in DIFFERENT_RANKING:
-        assert not torch.equal(_row_masks(first, stats, W), _row_masks(second, stats, W)), (first, second)
+        assert any(not torch.equal(_row_masks(first, stats, W), _row_masks(second, stats, W))
+                   for stats in layers), (first, second)
 
 
 def test_the_fingerprint_of_an_expression_candidate_is_its_ranking():

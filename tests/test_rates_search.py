@@ -16,6 +16,7 @@ import torch
 from agent_support import ScriptedLLM
 from autoprune.agent.rates import RatesConfig, run_rates_search
 from autoprune.agent.trace import read_trace
+from autoprune.errors import BadInputError
 from autoprune.models import LoadedModel, embedded_model_dir
 from autoprune.pruning.param_budget import kept_parameter_fraction, mean_rate_for_params
 from autoprune.pruning.structured import decoder_parameter_count, load_structured_model, prune_structured
@@ -127,9 +128,12 @@ def test_edit_steps_are_applied_by_trusted_code_and_fed_back(tmp_path, tokenizer
 
 
 def test_final_export_reloads_and_reports_speed(tmp_path, tokenizer, small_wikitext):
-    config = tiny_config(tmp_path / "run", small_wikitext, budget=1)
+    """With first-order Taylor importance (gradients on the calibration windows) end to end."""
+    config = tiny_config(tmp_path / "run", small_wikitext, budget=1, importance="taylor")
     llm = ScriptedLLM({"propose": ["garbage"]})
     summary = run_rates_search(config, loaded=tiny_loaded(tokenizer), llm=llm)
+    started = next(e for e in read_trace(config.run_dir).events if e["type"] == "run_started")
+    assert started["config"]["importance"] == "taylor"
 
     final = summary["final"]
     searched, dense = final["test"]["searched"], final["test"]["dense"]
@@ -138,6 +142,13 @@ def test_final_export_reloads_and_reports_speed(tmp_path, tokenizer, small_wikit
     reloaded = load_structured_model(final["export"])
     assert decoder_parameter_count(reloaded) == searched["decoder_params"]
     assert json.loads((config.run_dir / "model" / "summary.json").read_text())["winner"]["id"] == final["winner"]["id"]
+
+
+def test_unknown_importance_or_proposal_is_a_clear_error(tmp_path, small_wikitext):
+    with pytest.raises(BadInputError, match="--importance must be one of activation, taylor"):
+        tiny_config(tmp_path / "run", small_wikitext, importance="fisher")
+    with pytest.raises(BadInputError, match="--proposal"):
+        tiny_config(tmp_path / "run", small_wikitext, proposal="poem")
 
 
 def test_resume_continues_without_redoing_finished_work(tmp_path, tokenizer, small_wikitext):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from autoprune.errors import BadInputError
+from autoprune.pruning.structured_importance import IMPORTANCE_KINDS
 
 
 PROPOSALS = ("auto", "vector", "edit")
@@ -28,6 +29,7 @@ class RatesConfig:
     low: float = 0.0                    # per-layer rate bounds
     high: float = 0.9
     reconstruct: bool = True            # refit o_proj/down_proj on kept inputs (autoprune.pruning.refit)
+    importance: str = "activation"      # how units are ranked: "activation" or "taylor" (structured_importance)
     max_repairs: int = 1                # LLM repair rounds before trusted fallback
     llm_base_url: Optional[str] = None  # None = the embedded LLM on loopback
     llm_model: Optional[str] = None
@@ -51,6 +53,8 @@ class RatesConfig:
             raise BadInputError("--budget must be >= 0 and --population >= 2")
         if self.proposal not in PROPOSALS:
             raise BadInputError(f"--proposal must be one of {', '.join(PROPOSALS)}, not {self.proposal!r}")
+        if self.importance not in IMPORTANCE_KINDS:
+            raise BadInputError(f"--importance must be one of {', '.join(IMPORTANCE_KINDS)}, not {self.importance!r}")
         if not 0.0 <= self.low < self.high < 1.0:
             raise BadInputError(f"rate bounds must satisfy 0 <= low < high < 1, got [{self.low}, {self.high}]")
 

@@ -73,7 +73,7 @@ def make_services(config: RatesConfig, inputs: SearchInputs, llm: LLMClient, tra
                          model_name=inputs.model_name, budget=config.budget, population_size=config.population,
                          max_repairs=config.max_repairs, llm_max_tokens=config.llm_max_tokens,
                          temperature=config.temperature, seed=config.seed, reconstruct=config.reconstruct,
-                         proposal=proposal,
+                         importance=inputs.importance, proposal=proposal,
                          seeds=allocator_seeds(inputs.model, inputs.stats, inputs.constraint),
                          finalize=make_finalizer(config, inputs.corpus))
 

@@ -18,12 +18,14 @@ from autoprune.pruning.param_budget import decoder_totals, kept_parameter_fracti
 from autoprune.pruning.rates import RateConstraint
 from autoprune.pruning.stats import ActivationStats
 from autoprune.pruning.structured import prune_structured
+from autoprune.pruning.structured_importance import BlockImportance
 
 
-def pruned_copy(model, rates: list[float], stats: dict[str, ActivationStats], *, reconstruct: bool = False):
+def pruned_copy(model, rates: list[float], stats: dict[str, ActivationStats], *,
+                importance: Optional[list[BlockImportance]] = None, reconstruct: bool = False):
     """A structurally pruned deep copy; the dense model stays untouched for the next candidate."""
     clone = copy.deepcopy(model)
-    prune_structured(clone, rates, stats, reconstruct=reconstruct)
+    prune_structured(clone, rates, stats, importance=importance, reconstruct=reconstruct)
     return clone.eval()
 
 
@@ -45,6 +47,7 @@ class RatesServices:
     temperature: float = 0.7
     seed: int = 0
     reconstruct: bool = False                         # refit output projections after pruning
+    importance: Optional[list[BlockImportance]] = None  # unit scores (None: activation scores from stats)
     proposal: str = "vector"                          # "vector" or "edit" (agent/rates/edits.py)
     seeds: list[dict] = field(default_factory=list)   # generation 0: {"origin", "rates"}
     finalize: Optional[object] = None                 # callable(state, services) -> dict
@@ -61,7 +64,7 @@ class RatesServices:
     def pruned(self, rates: list[float], *, reconstruct: Optional[bool] = None):
         """The model pruned by `rates` (refitted when the search reconstructs, unless told otherwise)."""
         refit = self.reconstruct if reconstruct is None else reconstruct
-        return pruned_copy(self.model, rates, self.stats, reconstruct=refit)
+        return pruned_copy(self.model, rates, self.stats, importance=self.importance, reconstruct=refit)
 
     def prime(self, rates: list[float], value: float) -> None:
         """Remember a fitness computed before a resume."""

@@ -15,6 +15,7 @@ from autoprune.pruning.param_budget import mean_rate_for_params
 from autoprune.pruning.rates import RateConstraint, project, uniform_rates
 from autoprune.pruning.stats import ActivationStats
 from autoprune.pruning.structured import REFIT_TARGETS, attention_geometry
+from autoprune.pruning.structured_importance import BlockImportance, structured_importance
 
 
 @dataclass
@@ -28,6 +29,7 @@ class SearchInputs:
     stats: dict[str, ActivationStats]
     constraint: RateConstraint
     uniform_params_fraction: float      # what the uniform vector at the mean rate keeps
+    importance: list[BlockImportance]   # per-block unit scores, computed once on the dense model
 
 
 def allocator_seeds(model, stats: dict[str, ActivationStats], constraint: RateConstraint) -> list[dict]:
@@ -57,4 +59,7 @@ def prepare_search(config: RatesConfig, loaded: LoadedModel | None = None) -> Se
     rate, kept = mean_rate_for_params(model, config.target_params, high=config.high)
     constraint = RateConstraint(target=rate, low=config.low, high=config.high,
                                 layers=model.config.num_hidden_layers)
-    return SearchInputs(model, tokenizer, loaded.name, corpus, calibration, windows, stats, constraint, kept)
+    head_dim, _, group_size = attention_geometry(model)
+    importance = structured_importance(config.importance, model, stats, calibration, head_dim, group_size)
+    return SearchInputs(model, tokenizer, loaded.name, corpus, calibration, windows, stats, constraint, kept,
+                        importance)

@@ -30,6 +30,9 @@ def search_rates(
     high: float = typer.Option(0.9, help="highest per-layer rate"),
     reconstruct: bool = typer.Option(True, "--reconstruct/--no-reconstruct",
                                      help="refit o_proj/down_proj on the kept inputs (least squares, calibration)"),
+    importance: str = typer.Option("activation", help="how channels and KV groups are ranked: activation "
+                                                      "(weight x activation norms) or taylor (|w * dL/dw|, "
+                                                      "one backward pass per calibration window)"),
     max_repairs: int = typer.Option(1, help="LLM repair rounds before the trusted fallback"),
     llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint (default: embedded)"),
     llm_model: Optional[str] = typer.Option(None, help="model name at that endpoint"),
@@ -52,6 +55,7 @@ def search_rates(
     config = RatesConfig(run_dir=run_dir, target_params=target_params, budget=budget, population=population,
                          model=model, data=data, seqlen=seqlen, nsamples=nsamples, fitness_windows=fitness_windows,
                          eval_seqlen=eval_seqlen, eval_windows=eval_windows or None, low=low, high=high, reconstruct=reconstruct,
+                         importance=importance,
                          max_repairs=max_repairs, llm_base_url=llm_base_url, llm_model=llm_model, seed=seed,
                          llm_max_tokens=llm_max_tokens, llm_timeout_s=llm_timeout, proposal=proposal,
                          zeroshot_tasks=[t for t in (zeroshot or "").split(",") if t],

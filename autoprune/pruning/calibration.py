@@ -88,28 +88,37 @@ def forward_pass(model: nn.Module, windows: WindowSet, progress: bool) -> None:
         model(ids.to(device), use_cache=False)
 
 
-def gradient_magnitudes(model: nn.Module, windows: WindowSet, modules: dict[str, nn.Module],
-                        progress: bool) -> dict[str, torch.Tensor]:
-    """ℓ2 over calibration windows of dL/dW per weight, (out, in) layout (Pruner-Zero's G)."""
+def window_gradients(model: nn.Module, weights: dict[str, torch.Tensor], windows: WindowSet,
+                     progress: bool, label: str = "gradients") -> Iterator[dict[str, torch.Tensor]]:
+    """One backward pass of the LM loss per calibration window; yields {name: dL/dW} for `weights`
+    (the only parameters that require gradients meanwhile; each flag is restored afterwards)."""
     params = list(model.parameters())
     was_trainable = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(False)
-    targets = {name: m.weight for name, m in modules.items()}
-    for w in targets.values():
+    for w in weights.values():
         w.requires_grad_(True)
-    squares = {name: torch.zeros_like(w, dtype=torch.float32) for name, w in targets.items()}
     device = model_device(model)
     try:
-        for ids in progress_bar(batches(windows, 1), "gradients", enabled=progress):
+        for ids in progress_bar(batches(windows, 1), label, enabled=progress):
             ids = ids.to(device)
             model(ids, labels=ids, use_cache=False).loss.backward()
-            for name, w in targets.items():
-                squares[name] += w.grad.float() ** 2
+            yield {name: w.grad for name, w in weights.items()}
+            for w in weights.values():
                 w.grad = None
     finally:
         for p, flag in zip(params, was_trainable):
             p.requires_grad_(flag)
+
+
+def gradient_magnitudes(model: nn.Module, windows: WindowSet, modules: dict[str, nn.Module],
+                        progress: bool) -> dict[str, torch.Tensor]:
+    """ℓ2 over calibration windows of dL/dW per weight, (out, in) layout (Pruner-Zero's G)."""
+    targets = {name: m.weight for name, m in modules.items()}
+    squares = {name: torch.zeros_like(w, dtype=torch.float32) for name, w in targets.items()}
+    for grads in window_gradients(model, targets, windows, progress):
+        for name, grad in grads.items():
+            squares[name] += grad.float() ** 2
     return {name: as_out_in(modules[name], sq.sqrt().cpu()) for name, sq in squares.items()}
 
 

@@ -22,6 +22,7 @@ from autoprune.adapters import adapter_for
 from autoprune.errors import BadInputError, ModelLoadError
 from autoprune.pruning.refit import DEFAULT_DAMP, refit_kept_columns
 from autoprune.pruning.stats import ActivationStats
+from autoprune.pruning.structured_importance import BlockImportance, activation_importance
 
 STRUCTURE_KEY = "autoprune_structure"
 REFIT_TARGETS = ("self_attn.o_proj", "mlp.down_proj")   # the linears whose inputs lose channels
@@ -40,17 +41,6 @@ def attention_geometry(model) -> tuple[int, int, int]:
         raise BadInputError(f"structured pruning supports the Llama family, not {config.model_type!r}")
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     return head_dim, config.num_key_value_heads, config.num_attention_heads // config.num_key_value_heads
-
-
-def mlp_channel_importance(mlp: nn.Module, down_stats: ActivationStats) -> torch.Tensor:
-    """Per intermediate channel: ‖down_proj column‖₂ × ‖activation‖₂ (a structured Wanda score)."""
-    return mlp.down_proj.weight.detach().float().norm(dim=0) * down_stats.norm
-
-
-def kv_group_importance(attn: nn.Module, o_stats: ActivationStats, head_dim: int, group_size: int) -> torch.Tensor:
-    """Per KV group: the structured Wanda score of the o_proj input columns its query heads feed."""
-    column = attn.o_proj.weight.detach().float().norm(dim=0) * o_stats.norm
-    return column.reshape(-1, group_size * head_dim).sum(dim=1)
 
 
 def keep_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
@@ -142,19 +132,19 @@ def refit_grams(stats: dict[str, ActivationStats], prefix: str, index: int) -> d
 
 
 def prune_structured(model, rates: list[float], stats: dict[str, ActivationStats], *,
-                     reconstruct: bool = False, damp: float = DEFAULT_DAMP) -> list[LayerStructure]:
+                     importance: Optional[list[BlockImportance]] = None, reconstruct: bool = False,
+                     damp: float = DEFAULT_DAMP) -> list[LayerStructure]:
     """Remove channels and KV groups in place, per layer, by `rates`; returns the new structure.
+    `importance` ranks the units (`structured_importance`; default: activation scores from `stats`);
     `reconstruct` refits o_proj and down_proj on their kept inputs (`autoprune.pruning.refit`)."""
     adapter = adapter_for(model)
     head_dim, _, group_size = attention_geometry(model)
     structure = structure_for_rates(model, rates)
+    importance = importance or activation_importance(model, stats, head_dim, group_size)
     prefix = adapter.blocks_path
-    for index, (block, layer) in enumerate(zip(adapter.blocks(model), structure)):
-        mlp_scores = mlp_channel_importance(block.mlp, stats[f"{prefix}.{index}.mlp.down_proj"])
-        group_scores = kv_group_importance(block.self_attn, stats[f"{prefix}.{index}.self_attn.o_proj"],
-                                           head_dim, group_size)
+    for index, (block, layer, scores) in enumerate(zip(adapter.blocks(model), structure, importance)):
         grams = refit_grams(stats, prefix, index) if reconstruct else None
-        prune_block(block, layer, mlp_scores, group_scores, head_dim, group_size, grams=grams, damp=damp)
+        prune_block(block, layer, scores.mlp, scores.kv_groups, head_dim, group_size, grams=grams, damp=damp)
     setattr(model.config, STRUCTURE_KEY, [asdict(s) for s in structure])
     return structure
 

@@ -1,0 +1,85 @@
+"""How much each MLP channel and each KV group of a block matters, for structured pruning.
+
+Two estimates, both on the dense model before anything is removed:
+
+- `activation` (default; forward statistics only): a structured Wanda score, the norm of
+  the down_proj / o_proj input columns a unit feeds times the norm of its activation.
+- `taylor` (one backward pass per calibration window): the first-order estimate of the
+  loss change when the unit is removed, as in LLM-Pruner: sum over the unit's weights of
+  |w · dL/dw|, with the gradient of the mean LM loss over the calibration windows. An MLP
+  channel owns a row of gate_proj and of up_proj and a column of down_proj; a KV group owns
+  its key and value heads, the query heads that share them and their o_proj columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from autoprune.adapters import adapter_for
+from autoprune.data import WindowSet
+from autoprune.errors import BadInputError
+from autoprune.pruning.calibration import window_gradients
+from autoprune.pruning.stats import ActivationStats
+
+IMPORTANCE_KINDS = ("activation", "taylor")
+UNIT_WEIGHTS = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+                "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+
+
+@dataclass
+class BlockImportance:
+    mlp: torch.Tensor          # (intermediate_size,) one score per MLP channel
+    kv_groups: torch.Tensor    # (num_key_value_heads,) one score per KV group
+
+
+def activation_importance(model, stats: dict[str, ActivationStats], head_dim: int,
+                          group_size: int) -> list[BlockImportance]:
+    """Structured Wanda scores from the dense calibration statistics."""
+    adapter = adapter_for(model)
+    scores = []
+    for index, block in enumerate(adapter.blocks(model)):
+        down = stats[f"{adapter.blocks_path}.{index}.mlp.down_proj"]
+        o_proj = stats[f"{adapter.blocks_path}.{index}.self_attn.o_proj"]
+        mlp = block.mlp.down_proj.weight.detach().float().norm(dim=0) * down.norm
+        column = block.self_attn.o_proj.weight.detach().float().norm(dim=0) * o_proj.norm
+        scores.append(BlockImportance(mlp, column.reshape(-1, group_size * head_dim).sum(dim=1)))
+    return scores
+
+
+def taylor_importance(model, windows: WindowSet, head_dim: int, group_size: int, *,
+                      progress: bool = False) -> list[BlockImportance]:
+    """First-order Taylor scores: per unit, sum of |w · g| with g = dL/dw averaged over `windows`."""
+    adapter = adapter_for(model)
+    weights = {f"{index}.{name}": block.get_submodule(name).weight
+               for index, block in enumerate(adapter.blocks(model)) for name in UNIT_WEIGHTS}
+    sums = {name: torch.zeros_like(w, dtype=torch.float32) for name, w in weights.items()}
+    for grads in window_gradients(model, weights, windows, progress, label="taylor importance"):
+        for name, grad in grads.items():
+            sums[name] += grad.float()
+    saliency = {name: (weights[name].detach().float() * total / len(windows)).abs().cpu()
+                for name, total in sums.items()}
+    return [_block_taylor(saliency, index, head_dim, group_size) for index in range(len(adapter.blocks(model)))]
+
+
+def _block_taylor(saliency: dict[str, torch.Tensor], index: int, head_dim: int, group_size: int) -> BlockImportance:
+    s = {name: saliency[f"{index}.{name}"] for name in UNIT_WEIGHTS}
+    mlp = s["mlp.gate_proj"].sum(dim=1) + s["mlp.up_proj"].sum(dim=1) + s["mlp.down_proj"].sum(dim=0)
+    per_head = group_size * head_dim
+    queries = s["self_attn.q_proj"].sum(dim=1).reshape(-1, per_head).sum(dim=1)
+    outputs = s["self_attn.o_proj"].sum(dim=0).reshape(-1, per_head).sum(dim=1)
+    keys = s["self_attn.k_proj"].sum(dim=1).reshape(-1, head_dim).sum(dim=1)
+    values = s["self_attn.v_proj"].sum(dim=1).reshape(-1, head_dim).sum(dim=1)
+    return BlockImportance(mlp, queries + outputs + keys + values)
+
+
+def structured_importance(kind: str, model, stats: dict[str, ActivationStats], windows: WindowSet,
+                          head_dim: int, group_size: int, *, progress: bool = False) -> list[BlockImportance]:
+    """The per-block scores of `kind` ("activation" or "taylor")."""
+    if kind == "activation":
+        return activation_importance(model, stats, head_dim, group_size)
+    if kind == "taylor":
+        return taylor_importance(model, windows, head_dim, group_size, progress=progress)
+    raise BadInputError(f"unknown structured importance {kind!r}; choose one of {', '.join(IMPORTANCE_KINDS)}")
+
