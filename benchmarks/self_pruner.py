@@ -47,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--proposal", default="edit", choices=["edit", "vector"],
                         help="how the embedded LLM proposes (auto would see a plain endpoint: say it)")
     parser.add_argument("--no-reconstruct", action="store_true", help="search without the least-squares refit")
+    parser.add_argument("--importance", default="taylor", choices=["taylor", "activation"],
+                        help="how channels and KV groups are ranked")
     parser.add_argument("--eval-windows", type=int, default=16)
     parser.add_argument("--speed-repeats", type=int, default=5)
     parser.add_argument("--speed-rounds", type=int, default=3, help="interleaved speed rounds at the end")
@@ -66,7 +68,7 @@ def run_target(target: float, args, loaded, endpoint, root: Path) -> dict:
                          nsamples=args.nsamples, fitness_windows=args.fitness_windows, eval_seqlen=512,
                          eval_windows=args.eval_windows, speed_repeats=args.speed_repeats, export=False,
                          max_repairs=args.max_repairs, llm_max_tokens=args.llm_max_tokens,
-                         proposal=args.proposal, reconstruct=not args.no_reconstruct,
+                         proposal=args.proposal, reconstruct=not args.no_reconstruct, importance=args.importance,
                          llm_base_url=endpoint.base_url, llm_model=endpoint.model,
                          resume=(run_dir / "checkpoints.sqlite").is_file())   # a killed search goes on
     started = time.perf_counter()
@@ -114,7 +116,7 @@ def markdown(results: dict) -> str:
         f"Protocol: {p['calibration']}; search fitness {p['fitness']}; final: {p['test']}. "
         f"Budget {p['budget']} offspring per target, population {p['population']}, proposing LLM: embedded "
         f"SmolLM2-135M-Instruct ({p.get('proposal', 'vector')} proposals), least-squares refit of o_proj/down_proj: "
-        f"{'on' if p.get('reconstruct') else 'off'}. Per-run tokens/s: median of a 512-token forward pass in each "
+        f"{'on' if p.get('reconstruct') else 'off'}; unit importance: {p.get('importance', 'activation')}. Per-run tokens/s: median of a 512-token forward pass in each "
         "run's finale; the interleaved table below is the one to quote.",
         table, "## Speed, measured interleaved after the searches (best of rounds, each the median of repeats; 512 tokens, batch 1)",
         speed_table if speed else "(not measured)",
@@ -177,7 +179,7 @@ def results_for(args, runs: list[dict], root: Path) -> dict:
     protocol = {"calibration": f"{args.nsamples}x{args.seqlen} random windows, first half of validation",
                 "fitness": f"{args.fitness_windows}x{args.seqlen} windows, second half of validation",
                 "test": runs[0]["final"]["test_protocol"], "budget": args.budget, "population": args.population,
-                "proposal": args.proposal, "reconstruct": not args.no_reconstruct}
+                "proposal": args.proposal, "reconstruct": not args.no_reconstruct, "importance": args.importance}
     return {"machine": machine(), "protocol": protocol, "runs": runs, "run_root": str(root)}
 
 

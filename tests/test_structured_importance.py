@@ -19,19 +19,18 @@ def windows(seed: int = 0, n: int = 3) -> WindowSet:
     return WindowSet(torch.randint(0, 256, (n, 24), generator=torch.Generator().manual_seed(seed)), "test windows")
 
 
-def test_taylor_scores_are_the_sum_of_w_times_mean_gradient_per_unit(tiny_llama):
-    """Reference: autograd of the mean loss over the windows, then |w·g| summed by hand over the
-    rows/columns each MLP channel and each KV group owns (GQA: 2 query heads per KV head here)."""
+def test_taylor_scores_are_the_mean_squared_first_order_change_per_unit(tiny_llama):
+    """Reference: autograd of each window's loss, then (w·g)² averaged over windows and summed by hand
+    over the rows/columns each MLP channel and each KV group owns (GQA: 2 query heads per KV head)."""
     head_dim, _, group_size = attention_geometry(tiny_llama)
     data = windows()
-    loss = sum(tiny_llama(ids[None], labels=ids[None]).loss for ids in data.ids) / len(data)
     layer = tiny_llama.model.layers[1]
-    names = ["gate_proj", "up_proj", "down_proj"]
-    mlp_weights = [getattr(layer.mlp, n).weight for n in names]
-    attn_weights = [getattr(layer.self_attn, n).weight for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
-    grads = torch.autograd.grad(loss, mlp_weights + attn_weights)
-    tiny_llama.zero_grad(set_to_none=True)
-    s = [(w * g).abs().detach() for w, g in zip(mlp_weights + attn_weights, grads)]
+    weights = ([getattr(layer.mlp, n).weight for n in ("gate_proj", "up_proj", "down_proj")]
+               + [getattr(layer.self_attn, n).weight for n in ("q_proj", "k_proj", "v_proj", "o_proj")])
+    s = [torch.zeros_like(w) for w in weights]
+    for ids in data.ids:
+        grads = torch.autograd.grad(tiny_llama(ids[None], labels=ids[None]).loss, weights)
+        s = [acc + (w * g).detach() ** 2 / len(data) for acc, w, g in zip(s, weights, grads)]
     channel = 5
     expected_channel = s[0][channel].sum() + s[1][channel].sum() + s[2][:, channel].sum()
     group, q_width = 1, group_size * head_dim

@@ -29,7 +29,7 @@ class RatesConfig:
     low: float = 0.0                    # per-layer rate bounds
     high: float = 0.9
     reconstruct: bool = True            # refit o_proj/down_proj on kept inputs (autoprune.pruning.refit)
-    importance: str = "activation"      # how units are ranked: "activation" or "taylor" (structured_importance)
+    importance: str = "taylor"          # how units are ranked: "taylor" or "activation" (structured_importance)
     max_repairs: int = 1                # LLM repair rounds before trusted fallback
     llm_base_url: Optional[str] = None  # None = the embedded LLM on loopback
     llm_model: Optional[str] = None

@@ -30,9 +30,9 @@ def search_rates(
     high: float = typer.Option(0.9, help="highest per-layer rate"),
     reconstruct: bool = typer.Option(True, "--reconstruct/--no-reconstruct",
                                      help="refit o_proj/down_proj on the kept inputs (least squares, calibration)"),
-    importance: str = typer.Option("activation", help="how channels and KV groups are ranked: activation "
-                                                      "(weight x activation norms) or taylor (|w * dL/dw|, "
-                                                      "one backward pass per calibration window)"),
+    importance: str = typer.Option("taylor", help="how channels and KV groups are ranked: taylor (mean of "
+                                                  "(w * dL/dw)^2, one backward pass per calibration window) "
+                                                  "or activation (weight x activation norms, no gradients)"),
     max_repairs: int = typer.Option(1, help="LLM repair rounds before the trusted fallback"),
     llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint (default: embedded)"),
     llm_model: Optional[str] = typer.Option(None, help="model name at that endpoint"),
