@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, markdown_table, save_results  # noqa: E402
+from common import load_results, machine, markdown_table, save_results  # noqa: E402
 
 from autoprune.agent.rates.services import pruned_copy  # noqa: E402
 from autoprune.data import calibration_windows, fitness_windows, load_corpus, test_windows  # noqa: E402
@@ -42,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--nsamples", type=int, default=32)
     parser.add_argument("--fitness-windows", type=int, default=8)
     parser.add_argument("--eval-windows", type=int, default=16)
+    parser.add_argument("--summarize", action="store_true", help="only re-write the Markdown from the JSON")
     return parser.parse_args(argv)
 
 
@@ -90,12 +91,25 @@ def markdown(result: dict) -> str:
         f"Dense: validation {result['dense']['val_ppl']:.2f}, test {result['dense']['test_ppl']:.2f}. "
         f"Computing the importance: activation {result['importance_seconds']['activation']} s (from the "
         f"statistics), Taylor {result['importance_seconds']['taylor']} s (one backward pass per window).", "",
-        table, "", "## Reading", "", result.get("notes", ""), ""])
+        table, "", "## Reading", "", reading(result), ""])
+
+
+def reading(result: dict) -> str:
+    """What the rows say, computed from them (a re-run cannot leave a stale sentence)."""
+    lines = []
+    by = {(r["target_params"], r["importance"], r["refit"]): r["test_ppl"] for r in result["rows"]}
+    for target in sorted({r["target_params"] for r in result["rows"]}, reverse=True):
+        for refit in (True, False):
+            act, tay = by.get((target, "activation", refit)), by.get((target, "taylor", refit))
+            if act and tay:
+                lines.append(f"- {target:.0%} kept, {'with' if refit else 'without'} the refit: Taylor "
+                             f"{tay:.2f} vs activation {act:.2f} test ppl ({tay / act - 1:+.1%}).")
+    return "\n".join(lines)
 
 
 def main() -> None:
     args = parse_args()
-    result = measure(args)
+    result = load_results(NAME) if args.summarize else measure(args)
     save_results(NAME, result, markdown(result))
     print(markdown(result))
 
