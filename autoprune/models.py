@@ -94,6 +94,25 @@ def resolve_model_source(spec: Optional[str]) -> tuple[str, Optional[str]]:
     raise ModelLoadError(f"model not found: {spec!r} (a hub id, a local folder, a .gguf file, or 'embedded')")
 
 
+def check_device(device: str) -> str:
+    """`device` if this machine has it ('cpu', 'cuda', 'cuda:N'), else one clear BadInputError."""
+    from autoprune.errors import BadInputError
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise BadInputError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N") from exc
+    if parsed.type == "cpu":
+        return device
+    if parsed.type != "cuda":
+        raise BadInputError(f"--device {device!r}: only cpu and cuda devices are supported")
+    if not torch.cuda.is_available():
+        raise BadInputError(f"--device {device!r}: no CUDA device is visible on this machine")
+    if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise BadInputError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def load_model(spec: Optional[str] = None, *, dtype: torch.dtype = torch.float32,
                device: str = "cpu") -> LoadedModel:
     """Load a causal LM and its tokenizer, in eval mode, on `device`."""

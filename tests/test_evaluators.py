@@ -7,10 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from autoprune.errors import BadInputError, DataError
 from autoprune.evaluators.base import EvalRequest
-from autoprune.evaluators.latency import tokens_per_second
+from autoprune.evaluators.latency import (convert_linears_to_2to4, decode_tokens_per_second, follows_2to4,
+                                          tokens_per_second)
 from autoprune.evaluators.registry import get_evaluator
 from autoprune.evaluators.zeroshot_data import LOCAL_TASKS, write_local_task_file
 
@@ -57,6 +59,21 @@ def test_latency_measures_a_real_forward(tiny_llama):
     result = tokens_per_second(tiny_llama, seqlen=32, repeats=3)
     assert result["tokens_per_s"] > 0 and math.isfinite(result["tokens_per_s"])
     assert result["device"] == "cpu"
+
+
+def test_decode_speed_times_real_greedy_generation(tiny_llama):
+    result = decode_tokens_per_second(tiny_llama, prompt_len=8, new_tokens=6, repeats=2)
+    assert result["tokens_per_s"] > 0 and result["new_tokens"] == 6
+    assert result["tokens_per_s"] == pytest.approx(6 / result["median_s"])
+
+
+def test_2to4_conversion_refuses_weights_that_are_not_2to4(tiny_llama):
+    """Converting a dense weight would prune it silently: it is a clear error instead."""
+    weight = torch.tensor([[1.0, 0.0, 0.0, 2.0, 0.0, 3.0, 4.0, 0.0]])
+    assert follows_2to4(weight)
+    assert not follows_2to4(torch.ones(1, 8)) and not follows_2to4(torch.zeros(1, 6))
+    with pytest.raises(BadInputError, match="not 2:4 sparse"):
+        convert_linears_to_2to4(tiny_llama)
 
 
 def test_registry_finds_builtins_and_rejects_unknown():

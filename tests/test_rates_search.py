@@ -14,47 +14,12 @@ import pytest
 import torch
 
 from agent_support import ScriptedLLM
+from rates_support import LAYERS, small_wikitext, tiny_config, tiny_loaded, tokenizer  # noqa: F401 (fixtures)
 from autoprune.agent.rates import RatesConfig, run_rates_search
 from autoprune.agent.trace import read_trace
 from autoprune.errors import BadInputError
-from autoprune.models import LoadedModel, embedded_model_dir
 from autoprune.pruning.param_budget import kept_parameter_fraction, mean_rate_for_params
 from autoprune.pruning.structured import decoder_parameter_count, load_structured_model, prune_structured
-
-LAYERS = 4
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(embedded_model_dir())
-
-
-@pytest.fixture(scope="module")
-def small_wikitext(tmp_path_factory, wikitext_dir):
-    """The first lines of the local WikiText-2 (in a temp folder): tokenizing all of it dominates."""
-    folder = tmp_path_factory.mktemp("wikitext-small")
-    for name in ("wiki.valid.tokens", "wiki.test.raw"):
-        lines = (wikitext_dir / name).read_text(encoding="utf-8").splitlines(keepends=True)[:300]
-        (folder / name).write_text("".join(lines), encoding="utf-8")
-    return folder
-
-
-def tiny_loaded(tokenizer) -> LoadedModel:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256,
-                         tie_word_embeddings=True)
-    return LoadedModel(LlamaForCausalLM(config).eval(), tokenizer, "tiny-llama", "random")
-
-
-def tiny_config(run_dir, small_wikitext, **overrides) -> RatesConfig:
-    settings = dict(run_dir=run_dir, target_params=0.7, budget=3, population=3, data=str(small_wikitext), seqlen=64,
-                    nsamples=2, fitness_windows=2, eval_seqlen=64, eval_windows=2, speed_repeats=1, high=0.8)
-    return RatesConfig(**{**settings, **overrides})
 
 
 def vector(values) -> str:
@@ -149,6 +114,13 @@ def test_unknown_importance_or_proposal_is_a_clear_error(tmp_path, small_wikitex
         tiny_config(tmp_path / "run", small_wikitext, importance="fisher")
     with pytest.raises(BadInputError, match="--proposal"):
         tiny_config(tmp_path / "run", small_wikitext, proposal="poem")
+
+
+def test_a_device_this_machine_lacks_is_a_clear_error(tmp_path, small_wikitext):
+    for device, message in (("cuda:99", "--device 'cuda:99'"), ("banana", "is not a device"),
+                            ("meta", "only cpu and cuda")):
+        with pytest.raises(BadInputError, match=message):
+            tiny_config(tmp_path / "run", small_wikitext, device=device)
 
 
 def test_resume_continues_without_redoing_finished_work(tmp_path, tokenizer, small_wikitext):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from autoprune.errors import BadInputError
+from autoprune.models import check_device
 from autoprune.pruning.structured_importance import IMPORTANCE_KINDS
 
 
@@ -38,6 +39,7 @@ class RatesConfig:
     llm_timeout_s: float = 600.0       # per request: a CPU-served model on a busy machine is slow
     temperature: float = 0.7
     seed: int = 0
+    device: str = "cpu"                 # where the model is pruned, scored and timed: cpu, cuda, cuda:N
     speed_repeats: int = 5
     zeroshot_tasks: list[str] = field(default_factory=list)
     zeroshot_data: Optional[str] = None
@@ -55,6 +57,7 @@ class RatesConfig:
             raise BadInputError(f"--proposal must be one of {', '.join(PROPOSALS)}, not {self.proposal!r}")
         if self.importance not in IMPORTANCE_KINDS:
             raise BadInputError(f"--importance must be one of {', '.join(IMPORTANCE_KINDS)}, not {self.importance!r}")
+        check_device(self.device)
         if not 0.0 <= self.low < self.high < 1.0:
             raise BadInputError(f"rate bounds must satisfy 0 <= low < high < 1, got [{self.low}, {self.high}]")
 

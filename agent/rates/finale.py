@@ -23,6 +23,7 @@ def measure(model, tokenizer, windows, config: RatesConfig) -> dict:
               "total_params": sum(p.numel() for p in model.parameters())}
     speed = tokens_per_second(model, seqlen=config.eval_seqlen, repeats=config.speed_repeats)
     result["tokens_per_s"] = round(speed["tokens_per_s"], 2)
+    result["device"] = speed["device"]
     if config.zeroshot_tasks:
         from autoprune.evaluators.zeroshot import zeroshot_accuracy
 
