@@ -39,8 +39,9 @@ from autoprune.evaluators.latency import (convert_linears_to_2to4, decode_tokens
                                           tokens_per_second)
 from autoprune.pruning.masks import SparsityPattern, scores_to_mask  # noqa: E402
 from autoprune.pruning.param_budget import mean_rate_for_params  # noqa: E402
-from autoprune.pruning.structured import (decoder_parameter_count, resize_to_structure,  # noqa: E402
-                                          structure_for_rates)
+from autoprune.adapters import adapter_for  # noqa: E402
+from autoprune.pruning.structured import (LayerStructure, decoder_parameter_count,  # noqa: E402
+                                          resize_to_structure, structure_for_rates)
 
 NAME = "gpu_speed"
 KEEP = (0.7, 0.5)
@@ -86,9 +87,9 @@ def build(config, dtype: torch.dtype):
         return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
 
 
-def structured(dense, rates: list[float]):
+def structured(dense, structure: list[LayerStructure]):
     model = copy.deepcopy(dense)
-    resize_to_structure(model, [asdict(s) for s in structure_for_rates(dense, rates)])
+    resize_to_structure(model, [asdict(s) for s in structure])
     return model.eval()
 
 
@@ -96,11 +97,11 @@ def two_four(dense):
     """Every decoder linear masked to 2:4 by magnitude, then run on the sparse tensor cores."""
     model = copy.deepcopy(dense)
     pattern = SparsityPattern(2, 4)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            for module in layer.modules():
-                if isinstance(module, torch.nn.Linear):
-                    module.weight.mul_(scores_to_mask(module.weight.abs(), 0.5, pattern=pattern).to(module.weight))
+    adapter = adapter_for(model)
+    with torch.no_grad():                       # the same linears convert_linears_to_2to4 converts
+        for block in adapter.blocks(model):
+            for module in adapter.linears(block).values():
+                module.weight.mul_(scores_to_mask(module.weight.abs(), 0.5, pattern=pattern).to(module.weight))
     conversion = convert_linears_to_2to4(model)
     if conversion["skipped"]:
         print(f"2:4: {len(conversion['skipped'])} linears stay dense: {conversion['skipped']}", flush=True)
@@ -122,14 +123,15 @@ def variants(model_name: str, dense) -> tuple[dict, dict]:
     searched = searched_rates(model_name)
     for keep in KEEP:
         rate, kept = mean_rate_for_params(dense, keep)
-        models[f"{keep:.0%} uniform"] = structured(dense, [rate] * layers)
+        uniform = structure_for_rates(dense, [rate] * layers)
+        models[f"{keep:.0%} uniform"] = structured(dense, uniform)
         notes[f"{keep:.0%} uniform"] = f"uniform rate {rate:.3f} keeps {kept:.3f}"
         if f"{keep:.0%} searched" in searched:
-            rates = searched[f"{keep:.0%} searched"]
-            models[f"{keep:.0%} searched"] = structured(dense, rates)
-            same = structure_for_rates(dense, rates) == structure_for_rates(dense, [rate] * layers)
+            found = structure_for_rates(dense, searched[f"{keep:.0%} searched"])
+            models[f"{keep:.0%} searched"] = structured(dense, found)
             notes[f"{keep:.0%} searched"] = ("rates from self_pruner.json" + (
-                ": the same layer sizes as uniform, so the gap between the two rows is noise" if same else ""))
+                ": the same layer sizes as uniform, so the gap between the two rows is noise" if found == uniform
+                else ""))
     models["2:4"], conversion = two_four(dense)
     notes["2:4"] = f"{conversion['converted']} linears on semi-structured sparse kernels"
     return models, notes
