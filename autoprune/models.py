@@ -123,7 +123,8 @@ def load_model(spec: Optional[str] = None, *, dtype: torch.dtype = torch.float32
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, NotImplementedError, RuntimeError) as exc:   # the last two: GGUF files that
+        # transformers cannot map (an architecture gguf-py lacks, or shapes its config mapping misreads)
         raise ModelLoadError(f"could not load model {spec or EMBEDDED!r}: {first_line(exc)}") from exc
     model.to(device).eval()
     name = EMBEDDED_NAME if spec in (None, "", EMBEDDED) else (gguf_file or Path(source).name or source)

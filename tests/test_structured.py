@@ -57,7 +57,7 @@ def test_bad_rates_and_unstructured_folders_are_clear_errors(tiny_llama, tiny_gp
         structure_for_rates(tiny_llama, [0.5])
     with pytest.raises(BadInputError, match=r"\[0, 1\)"):
         structure_for_rates(tiny_llama, [0.5, 1.0])
-    with pytest.raises(BadInputError, match="Llama family"):
+    with pytest.raises(BadInputError, match="fuses attn.c_attn"):
         structure_for_rates(tiny_gpt2, [0.5, 0.5])
     tiny_llama.save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="autoprune_structure"):

@@ -7,8 +7,9 @@ optional backward pass of the LM loss gives per-weight gradient magnitudes
 that hashes the model, the windows and the flags.
 
 For the sequential loop, `capture_block_inputs` records what block 0 receives
-(hidden states and the keyword arguments such as position embeddings) and
-`run_block` pushes those inputs through one block at a time.
+(hidden states) and what the model passes each block beside them (position
+embeddings, attention masks, sliding-window masks), and `run_block` pushes those
+inputs through one block at a time.
 """
 
 from __future__ import annotations
@@ -194,32 +195,58 @@ def load_cached_stats(folder: Path, key: str) -> Optional[dict[str, ActivationSt
 
 
 class _StopForward(Exception):
-    """Raised by the pre-hook on block 0 once its inputs are captured."""
+    """Raised by the pre-hook on the last block once every block's call arguments are captured."""
 
 
 @dataclass
 class BlockInput:
-    """One batch's input to a decoder block: hidden states plus the other call arguments."""
+    """One batch's input to a decoder block: hidden states plus the other call arguments.
+
+    `calls` holds the arguments the model passes each block beside the hidden states (masks,
+    position embeddings): they differ between blocks in models that mix sliding-window and
+    full attention (Gemma 2/3, Mistral-style layer types), so each block gets its own."""
 
     hidden: torch.Tensor
-    args: tuple
-    kwargs: dict
+    calls: list[tuple[tuple, dict]]   # (positional args after hidden, keyword args) of block 0, 1, ...
+    position: int = 0                 # the block these hidden states enter
+
+    @property
+    def args(self) -> tuple:
+        return self.calls[min(self.position, len(self.calls) - 1)][0]
+
+    @property
+    def kwargs(self) -> dict:
+        return self.calls[min(self.position, len(self.calls) - 1)][1]
+
+
+def _passthrough(hidden_states=None, *args, **kwargs):
+    """Stands in for a block's forward while its arguments are recorded: no block computes."""
+    return hidden_states
 
 
 @torch.no_grad()
 def capture_block_inputs(model: nn.Module, windows: WindowSet, *,
                          batch_size: int = BATCH_SIZE) -> list[BlockInput]:
-    """What block 0 receives for each batch of windows (embeddings, position info, masks)."""
-    block0 = adapter_for(model).blocks(model)[0]
+    """What block 0 receives for each batch of windows (embeddings), and what the model passes
+    every block beside it (position information, masks), recorded by pre-hooks in one
+    embedding-only pass: the blocks' forwards are stood in for meanwhile."""
+    blocks = adapter_for(model).blocks(model)
     captured: list[BlockInput] = []
 
-    def hook(module, args, kwargs):
+    def hook(module, args, kwargs, index):
         kwargs = dict(kwargs)
         hidden = args[0] if args else kwargs.pop("hidden_states")
-        captured.append(BlockInput(hidden.detach(), tuple(args[1:]), kwargs))
-        raise _StopForward
+        if index == 0:
+            captured.append(BlockInput(hidden.detach(), []))
+        captured[-1].calls.append((tuple(args[1:]), kwargs))
+        if index == len(blocks) - 1:
+            raise _StopForward
 
-    handle = block0.register_forward_pre_hook(hook, with_kwargs=True)
+    handles = [block.register_forward_pre_hook(lambda m, a, k, i=i: hook(m, a, k, i), with_kwargs=True)
+               for i, block in enumerate(blocks)]
+    own_forwards = [block.__dict__.get("forward") for block in blocks]   # e.g. accelerate's device hooks
+    for block in blocks:
+        block.forward = _passthrough
     device = model_device(model)
     try:
         for ids in batches(windows, batch_size):
@@ -228,7 +255,11 @@ def capture_block_inputs(model: nn.Module, windows: WindowSet, *,
             except _StopForward:
                 pass
     finally:
-        handle.remove()
+        for handle, block, own in zip(handles, blocks, own_forwards):
+            handle.remove()
+            del block.forward
+            if own is not None:
+                block.forward = own
     return captured
 
 
@@ -236,4 +267,4 @@ def capture_block_inputs(model: nn.Module, windows: WindowSet, *,
 def run_block(block: nn.Module, inputs: list[BlockInput]) -> list[BlockInput]:
     """Each batch through `block`; the outputs become the next block's inputs."""
     output = ArchitectureAdapter.block_output
-    return [BlockInput(output(block(x.hidden, *x.args, **x.kwargs)), x.args, x.kwargs) for x in inputs]
+    return [BlockInput(output(block(x.hidden, *x.args, **x.kwargs)), x.calls, x.position + 1) for x in inputs]

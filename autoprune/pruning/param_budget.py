@@ -11,20 +11,21 @@ from __future__ import annotations
 
 from autoprune.adapters import adapter_for
 from autoprune.errors import BadInputError
-from autoprune.pruning.structured import LayerStructure, attention_geometry, structure_for_rates
+from autoprune.pruning.structured import LayerStructure, attention_geometry, mlp_width, structure_for_rates
 
 
 def layer_linear_params(model, layer: LayerStructure) -> int:
-    """Weights of one decoder layer's linears at the given sizes (q, k, v, o, gate, up, down)."""
+    """Weights of one decoder layer's linears at the given sizes (q, k, v, o, (gate,) up, down)."""
     head_dim, _, group_size = attention_geometry(model)
     hidden = model.config.hidden_size
     per_group = (2 * group_size + 2) * head_dim * hidden      # q and o: group_size heads; k and v: one
-    return layer.kv_groups * per_group + 3 * hidden * layer.intermediate
+    mlp_linears = 3 if adapter_for(model).has("gate") else 2
+    return layer.kv_groups * per_group + mlp_linears * hidden * layer.intermediate
 
 
 def dense_structure(model) -> list[LayerStructure]:
     _, kv_heads, _ = attention_geometry(model)
-    return [LayerStructure(model.config.intermediate_size, kv_heads)] * model.config.num_hidden_layers
+    return [LayerStructure(mlp_width(model), kv_heads)] * len(adapter_for(model).blocks(model))
 
 
 def decoder_totals(model) -> tuple[int, int]:

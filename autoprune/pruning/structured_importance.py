@@ -8,7 +8,7 @@ Two estimates, both on the dense model before anything is removed:
   window's loss by about -w·g (first-order Taylor, g = dL/dw on that window); a unit scores
   the mean over windows of (w·g)² summed over its weights, the expected squared change
   (w² times the diagonal empirical Fisher, as in LLM-Pruner's second-order element form).
-  An MLP channel owns a row of gate_proj and of up_proj and a column of down_proj; a KV
+  An MLP channel owns a row of gate_proj (if any) and of up_proj and a column of down_proj; a KV
   group owns its key and value heads, the query heads that share them and their o_proj
   columns.
 
@@ -32,8 +32,7 @@ from autoprune.pruning.calibration import window_gradients
 from autoprune.pruning.stats import ActivationStats
 
 IMPORTANCE_KINDS = ("activation", "taylor")
-UNIT_WEIGHTS = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
-                "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+UNIT_ROLES = ("gate", "up", "down", "q", "k", "v", "o")   # the adapter roles whose weights a unit owns
 
 
 @dataclass
@@ -47,11 +46,12 @@ def activation_importance(model, stats: dict[str, ActivationStats], head_dim: in
     """Structured Wanda scores from the dense calibration statistics."""
     adapter = adapter_for(model)
     scores = []
+    down_name, o_name = adapter.name_of("down"), adapter.name_of("o")
     for index, block in enumerate(adapter.blocks(model)):
-        down = stats[f"{adapter.blocks_path}.{index}.mlp.down_proj"]
-        o_proj = stats[f"{adapter.blocks_path}.{index}.self_attn.o_proj"]
-        mlp = block.mlp.down_proj.weight.detach().float().norm(dim=0) * down.norm
-        column = block.self_attn.o_proj.weight.detach().float().norm(dim=0) * o_proj.norm
+        down = stats[f"{adapter.blocks_path}.{index}.{down_name}"]
+        o_proj = stats[f"{adapter.blocks_path}.{index}.{o_name}"]
+        mlp = block.get_submodule(down_name).weight.detach().float().norm(dim=0) * down.norm
+        column = block.get_submodule(o_name).weight.detach().float().norm(dim=0) * o_proj.norm
         scores.append(BlockImportance(mlp, column.reshape(-1, group_size * head_dim).sum(dim=1)))
     return scores
 
@@ -60,8 +60,9 @@ def taylor_importance(model, windows: WindowSet, head_dim: int, group_size: int,
                       progress: bool = False) -> list[BlockImportance]:
     """Per unit: the mean over `windows` of (w · dL/dw)², summed over the unit's weights."""
     adapter = adapter_for(model)
-    weights = {f"{index}.{name}": block.get_submodule(name).weight
-               for index, block in enumerate(adapter.blocks(model)) for name in UNIT_WEIGHTS}
+    roles = [role for role in UNIT_ROLES if adapter.has(role)]
+    weights = {f"{index}.{role}": block.get_submodule(adapter.name_of(role)).weight
+               for index, block in enumerate(adapter.blocks(model)) for role in roles}
     squares = {name: torch.zeros_like(w, dtype=torch.float32) for name, w in weights.items()}
     for grads in window_gradients(model, weights, windows, progress, label="taylor importance"):
         for name, grad in grads.items():
@@ -71,13 +72,13 @@ def taylor_importance(model, windows: WindowSet, head_dim: int, group_size: int,
 
 
 def _block_taylor(saliency: dict[str, torch.Tensor], index: int, head_dim: int, group_size: int) -> BlockImportance:
-    s = {name: saliency[f"{index}.{name}"] for name in UNIT_WEIGHTS}
-    mlp = s["mlp.gate_proj"].sum(dim=1) + s["mlp.up_proj"].sum(dim=1) + s["mlp.down_proj"].sum(dim=0)
+    s = {role: saliency[f"{index}.{role}"] for role in UNIT_ROLES if f"{index}.{role}" in saliency}
+    mlp = s["up"].sum(dim=1) + s["down"].sum(dim=0) + (s["gate"].sum(dim=1) if "gate" in s else 0)
     per_head = group_size * head_dim
-    queries = s["self_attn.q_proj"].sum(dim=1).reshape(-1, per_head).sum(dim=1)
-    outputs = s["self_attn.o_proj"].sum(dim=0).reshape(-1, per_head).sum(dim=1)
-    keys = s["self_attn.k_proj"].sum(dim=1).reshape(-1, head_dim).sum(dim=1)
-    values = s["self_attn.v_proj"].sum(dim=1).reshape(-1, head_dim).sum(dim=1)
+    queries = s["q"].sum(dim=1).reshape(-1, per_head).sum(dim=1)
+    outputs = s["o"].sum(dim=0).reshape(-1, per_head).sum(dim=1)
+    keys = s["k"].sum(dim=1).reshape(-1, head_dim).sum(dim=1)
+    values = s["v"].sum(dim=1).reshape(-1, head_dim).sum(dim=1)
     return BlockImportance(mlp, queries + outputs + keys + values)
 
 
