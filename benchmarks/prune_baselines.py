@@ -1,4 +1,4 @@
-"""Baseline grid on the embedded model: dense + {magnitude, wanda, sparsegpt, ria, pruner-zero}
+"""Baseline grid on the embedded model: dense + {magnitude, wanda, sparsegpt, alps, ria, pruner-zero}
 × {uniform, owl, sdsa} × {50%, 60%, 70%, 2:4}: WikiText-2 test perplexity, prune time, peak memory.
 
 Protocol: calibration = 16×512 random windows from the first half of validation (dense statistics
@@ -27,12 +27,11 @@ from autoprune.models import cache_root, load_model
 from autoprune.pruning.apply import restore, snapshot_weights
 from autoprune.pruning.calibration import collect_activation_stats, target_linears
 from autoprune.pruning.loop import prune_model
-from autoprune.pruning.methods import peak_rss_mb
+from autoprune.pruning.methods import LAYER_PRUNER_TYPES, peak_rss_mb
 from autoprune.pruning.metrics import get_metric
-from autoprune.pruning.sparsegpt import SparseGPTPruner
 
 RESULTS = Path(__file__).parent / "results"
-METHODS = ("magnitude", "wanda", "sparsegpt", "ria", "pruner-zero")
+METHODS = ("magnitude", "wanda", "sparsegpt", "alps", "ria", "pruner-zero")
 ALLOCATIONS = ("uniform", "owl", "sdsa")
 SPARSITIES = ("0.5", "0.6", "0.7", "2:4")
 
@@ -84,7 +83,7 @@ def save_results(path: Path, results: dict) -> None:
 
 def run_one(model, calibration, test, stats, method: str, allocation: str, sparsity: str, mode: str) -> dict:
     structured = ":" in sparsity
-    pruner = SparseGPTPruner() if method == "sparsegpt" else get_metric(method)
+    pruner = LAYER_PRUNER_TYPES[method]() if method in LAYER_PRUNER_TYPES else get_metric(method)
     result = prune_model(model, calibration, method=pruner, sparsity=0.5 if structured else float(sparsity),
                          pattern=sparsity if structured else "unstructured", allocation=allocation, mode=mode,
                          dense_stats=stats, progress=False)

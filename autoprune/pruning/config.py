@@ -10,9 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from autoprune.errors import BadInputError, DataError
 from autoprune.pruning.allocators import allocator_names
 from autoprune.pruning.masks import SparsityPattern
+from autoprune.pruning.methods import LAYER_PRUNER_TYPES
 from autoprune.pruning.metrics import metric_names
+from autoprune.pruning.reconstruct import reconstruction_name, reconstruction_names
 
-LAYER_PRUNERS = ("sparsegpt",)
+LAYER_PRUNERS = tuple(LAYER_PRUNER_TYPES)
 NAMED_DATA = (None, "", "wikitext2", "self")
 
 
@@ -33,7 +35,7 @@ class PruneConfig(BaseModel):
     seqlen: int = Field(512, ge=8)
     eval_windows: Optional[int] = Field(None, ge=1)
     mode: Literal["sequential", "one-shot"] = "sequential"
-    reconstruct: bool = False
+    reconstruct: str = "none"             # none | obs | exact (autoprune.pruning.reconstruct); True = obs
     seed: int = 0
     out: Optional[str] = None
     eval_dense: bool = True
@@ -52,6 +54,13 @@ class PruneConfig(BaseModel):
         if value not in method_names():
             raise ValueError(f"unknown method {value!r} (known: {', '.join(method_names())}, or FILE.py)")
         return value
+
+    @field_validator("reconstruct", mode="before")
+    @classmethod
+    def known_reconstruction(cls, value) -> str:
+        if isinstance(value, bool) or value in reconstruction_names():
+            return reconstruction_name(value)
+        raise ValueError(f"unknown reconstruction {value!r} (known: {', '.join(reconstruction_names())})")
 
     @field_validator("allocation")
     @classmethod

@@ -26,7 +26,7 @@ from autoprune.pruning.masks import SparsityPattern, check_pattern_fits, mask_sp
 from autoprune.pruning.metrics import Metric, get_metric
 from autoprune.pruning.methods import LayerPruner, PrecomputedMasks, PruneResult, peak_rss_mb
 from autoprune.pruning.profile import block_profile
-from autoprune.pruning.sparsegpt import reconstruct as obs_reconstruct
+from autoprune.pruning.reconstruct import get_reconstruction, reconstruction_name
 from autoprune.pruning.stats import ActivationStats
 
 Method = Union[Metric, LayerPruner, PrecomputedMasks]
@@ -75,8 +75,10 @@ def plan_block_sparsity(model: nn.Module, sparsity: float, allocation: str, *,
 
 
 def prune_layer(method: Method, name: str, W: Tensor, X: Optional[ActivationStats], sparsity: float,
-                pattern: SparsityPattern, reconstruct: bool) -> tuple[Tensor, Tensor]:
-    """(verified keep-mask, new weights) of one layer."""
+                pattern: SparsityPattern, reconstruct: str) -> tuple[Tensor, Tensor]:
+    """(verified keep-mask, new weights) of one layer; `reconstruct` names the plug-in
+    (autoprune.pruning.reconstruct) that sets the weights for the mask, starting from a layer
+    pruner's own update when it made one."""
     if isinstance(method, PrecomputedMasks):
         mask, new_W, group = method.masks[name].to(torch.bool), None, method.group
     elif hasattr(method, "prune_layer"):
@@ -85,13 +87,11 @@ def prune_layer(method: Method, name: str, W: Tensor, X: Optional[ActivationStat
         mask = scores_to_mask(method.score(W, X), sparsity, group=method.group, pattern=pattern)
         new_W, group = None, method.group
     verify_mask(mask, tuple(W.shape), sparsity, group=group, pattern=pattern, name=name)
-    if new_W is None:
-        new_W = obs_reconstruct(W, mask, X.gram) if reconstruct else W * mask
-    return mask, new_W
+    return mask, get_reconstruction(reconstruct)(W, mask, X, new_W)
 
 
 def prune_block(model: nn.Module, method: Method, names: list[str], stats: dict[str, Optional[ActivationStats]],
-                sparsity: float, pattern: SparsityPattern, reconstruct: bool) -> dict[str, Tensor]:
+                sparsity: float, pattern: SparsityPattern, reconstruct: str) -> dict[str, Tensor]:
     masks = {}
     for name in names:
         module = model.get_submodule(name)
@@ -122,18 +122,22 @@ def stats_suffice(stats: Optional[dict[str, ActivationStats]], *, gram: bool, gr
 
 def prune_model(model: nn.Module, calibration: WindowSet, *, method: Method, sparsity: float,
                 pattern: Union[str, SparsityPattern] = "unstructured", allocation: str = "uniform",
-                mode: str = "sequential", reconstruct: bool = False, allocation_hyper: Optional[dict] = None,
+                mode: str = "sequential", reconstruct: Union[bool, str] = False,
+                allocation_hyper: Optional[dict] = None,
                 progress: bool = True, dense_stats: Optional[dict[str, ActivationStats]] = None,
                 cache_dir=None) -> PruneResult:
-    """Prune `model` in place. `dense_stats` (from `collect_activation_stats`) may be shared across runs."""
+    """Prune `model` in place. `dense_stats` (from `collect_activation_stats`) may be shared across runs.
+    `reconstruct`: "none" | "obs" | "exact" (True = "obs")."""
     started = time.perf_counter()
+    reconstruct = reconstruction_name(reconstruct)
     pattern = as_pattern(pattern)
     check_pattern_fits_model(model, pattern)
     sparsity = validate(mode, allocation, pattern, sparsity)
     precomputed = isinstance(method, PrecomputedMasks)
-    needs_gram = reconstruct or (method.needs_gram and not precomputed)
+    refits = reconstruct != "none"
+    needs_gram = refits or (method.needs_gram and not precomputed)
     needs_dense = not precomputed and (mode == "one-shot" or method.needs_grad or needs_profiles(allocation))
-    if precomputed and reconstruct and mode == "one-shot":
+    if precomputed and refits and mode == "one-shot":
         needs_dense = True
     if needs_dense and not stats_suffice(dense_stats, gram=needs_gram and mode == "one-shot",
                                          grad=method.needs_grad):
@@ -164,7 +168,7 @@ def run_layer_loop(model, calibration, method, mode, dense_stats, block_sparsity
     blocks = adapter.blocks(model)
     targets = target_linears(model)
     names_of = {i: [n for n, (b, _) in targets.items() if b == i] for i in range(len(blocks))}
-    needs_stats = not isinstance(method, PrecomputedMasks) or reconstruct
+    needs_stats = not isinstance(method, PrecomputedMasks) or reconstruct != "none"
     sequential = mode == "sequential" and needs_stats
     inputs = capture_block_inputs(model, calibration) if sequential else None
     masks: dict[str, Tensor] = {}

@@ -9,7 +9,9 @@ from typing import Optional, Protocol, runtime_checkable
 from torch import Tensor
 
 from autoprune.errors import BadInputError
+from autoprune.pruning.alps import ALPSPruner
 from autoprune.pruning.masks import SparsityPattern
+from autoprune.pruning.sparsegpt import SparseGPTPruner
 from autoprune.pruning.stats import ActivationStats
 
 
@@ -24,6 +26,10 @@ class LayerPruner(Protocol):
 
     def prune_layer(self, W: Tensor, X: ActivationStats, sparsity: float,
                     pattern: SparsityPattern) -> tuple[Tensor, Tensor]: ...
+
+
+# The built-in layer pruners, by `prune --method` name.
+LAYER_PRUNER_TYPES = {"sparsegpt": SparseGPTPruner, "alps": ALPSPruner}
 
 
 @dataclass
@@ -64,7 +70,7 @@ class PruneResult:
     allocation: str
     pattern: str
     mode: str
-    reconstruct: bool
+    reconstruct: str                          # reconstruction plug-in: none | obs | exact
     calibration: str
     timings: dict[str, float]
     peak_rss_mb: float

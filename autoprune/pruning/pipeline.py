@@ -18,9 +18,8 @@ from autoprune.pruning.calibration import collect_activation_stats, target_linea
 from autoprune.pruning.config import EvalConfig, PruneConfig
 from autoprune.pruning.export import export_pruned_model, read_summary
 from autoprune.pruning.loop import check_pattern_fits_model, plan_block_sparsity, prune_model
-from autoprune.pruning.methods import PrecomputedMasks
+from autoprune.pruning.methods import LAYER_PRUNER_TYPES, PrecomputedMasks
 from autoprune.pruning.metrics import get_metric
-from autoprune.pruning.sparsegpt import SparseGPTPruner
 
 
 def evaluate_perplexity(model, windows, progress: bool) -> float:
@@ -34,7 +33,7 @@ def stats_cache_dir(config: PruneConfig) -> Path:
 
 
 def builtin_method(name: str):
-    return SparseGPTPruner() if name == "sparsegpt" else get_metric(name)
+    return LAYER_PRUNER_TYPES[name]() if name in LAYER_PRUNER_TYPES else get_metric(name)
 
 
 def candidate_masks(config: PruneConfig, loaded: LoadedModel, calibration) -> PrecomputedMasks:
