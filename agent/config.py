@@ -7,9 +7,9 @@ settings.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Literal, Optional
+from urllib.parse import urlsplit
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -17,6 +17,10 @@ from autoprune.errors import BadInputError
 from autoprune.pruning.masks import SparsityPattern
 
 CONFIG_FILE = "config.json"
+CONFIG_MAX_BYTES = 1 << 20
+# Where the prompts and the user's API key are sent, how and where candidates run: a resumed run
+# takes these from its command line only (`resume_config`), never silently from the folder.
+RESUME_CONFIRMED = ("llm_base_url", "llm_model", "sandbox", "executor", "ray_address", "gpus")
 
 
 class RunConfig(BaseModel):
@@ -80,6 +84,13 @@ class RunConfig(BaseModel):
         unknown = [t for t in value if t not in LOCAL_TASKS]
         if unknown:
             raise ValueError(f"unknown zero-shot task(s) {', '.join(unknown)} (known: {', '.join(LOCAL_TASKS)})")
+        return value
+
+    @field_validator("llm_base_url")
+    @classmethod
+    def _http_endpoint(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError(f"--llm-base-url must be an http:// or https:// URL, not {value[:80]!r}")
         return value
 
     @field_validator("pattern")
@@ -164,11 +175,43 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def load_config(run_dir: Path) -> RunConfig:
-    """The config a run folder was started with (for --resume)."""
+    """The config a run folder was started with (for --resume), validated strictly: exact JSON types,
+    the same ranges and allowed values as a fresh run, unknown keys refused."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise BadInputError(f"{run_dir} is not a run folder (no {CONFIG_FILE})")
+    if path.stat().st_size > CONFIG_MAX_BYTES:
+        raise BadInputError(f"{path} is corrupt: larger than {CONFIG_MAX_BYTES} bytes")
     try:
-        return RunConfig(**json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise BadInputError(f"{path} is corrupt: {str(exc).splitlines()[0]}") from None
+        return RunConfig.model_validate_json(path.read_bytes(), strict=True)
+    except ValidationError as exc:
+        problem = describe_validation_error(exc).removeprefix("invalid run settings: ")
+        raise BadInputError(f"{path} is corrupt: {problem}") from None
+
+
+def resume_config(run_dir: Path, given: Optional[dict[str, Any]] = None) -> RunConfig:
+    """The stored config for `--resume`, where the command line must confirm what decides where prompts
+    (and the API key) go and how candidates run: a folder is input, and may have been handed over or edited.
+
+    A guarded setting that differs from its default is taken only when `given` (the flags passed with
+    --resume) repeats it; a value in `given` replaces the stored one (the user said so), and the folder's
+    config.json is updated to match."""
+    stored = load_config(run_dir)
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    unknown = set(given) - set(RESUME_CONFIRMED)
+    if unknown:
+        raise ValueError(f"not a setting --resume takes: {', '.join(sorted(unknown))}")
+    for name in RESUME_CONFIRMED:
+        value, default = getattr(stored, name), RunConfig.model_fields[name].default
+        if name not in given and value != default:
+            flag = "--" + name.replace("_", "-")
+            shown = str(value)[:200]
+            raise BadInputError(f"{Path(run_dir) / CONFIG_FILE} sets {name} = {shown!r}: a resumed run takes it "
+                                f"only from the command line; pass {flag} {shown} with --resume to confirm it "
+                                "(or another value to replace it)")
+    if not given:
+        return stored
+    config = make_config(**{**stored.model_dump(), **given})
+    if config != stored:
+        config.save(run_dir)
+    return config

@@ -7,19 +7,33 @@ from a picklable `WorkerSpec`, so the same code runs in this process, in a pool
 process, or in a Ray actor on another node (with its own Docker engine and GPU).
 Results come back in task order and do not depend on which worker ran them, so
 parallel evaluation gives exactly the serial results.
+
+The host trusts none of a worker's result: `check_on_host` unpacks its masks with
+the trusted bundle's shapes and runs the same `verify_masks` as every sandbox
+verdict (exact sparsity, pattern, GROUP from the host's own gate), and spot-checks
+its fitness: `SPOT_CHECKED_WINDOWS` of the level's windows, drawn with the OS's
+randomness after the result is in, are recomputed on the host's resident model;
+any disagreement makes the candidate invalid-output. A random subset, not all
+windows: recomputing everything would make the host do the workers' job. A worker
+that inflates every window is always caught; one that forges k of n windows is
+caught with probability >= k/n per candidate (and its checked windows count with
+the host's values).
 """
 
 from __future__ import annotations
 
 import os
+import random
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from typing import Optional, Protocol, Sequence
 
-from autoprune.errors import BadInputError
-from autoprune.pruning.masks import SparsityPattern, pack_mask
+from autoprune.errors import BadInputError, MaskError
+from autoprune.pruning.masks import SparsityPattern, pack_mask, unpack_mask
+
+SPOT_CHECKED_WINDOWS = 1     # fitness windows of each worker result the host recomputes
 
 
 @dataclass(frozen=True)
@@ -37,6 +51,14 @@ class WorkerSpec:
     limits: Optional[object] = None        # sandbox.verdict.SandboxLimits
     threads: Optional[int] = None          # torch threads of this worker (CPU slice)
     gpu: Optional[str] = None              # this worker's GPU id (its DeviceRequest)
+    seed: int = 0                          # the run's --seed (a 'self' corpus depends on it)
+    device: str = "cpu"                    # where the host keeps its model ("cuda": this worker's GPU)
+
+    def model_device(self) -> str:
+        """The host's device, on this worker's own GPU when it has one."""
+        if self.device.startswith("cuda") and self.gpu is not None and self.gpu.isdigit():
+            return f"cuda:{self.gpu}"
+        return self.device
 
 
 @dataclass(frozen=True)
@@ -75,8 +97,8 @@ class EvaluationWorker:
         if spec.threads:
             torch.set_num_threads(spec.threads)
         self.spec = spec
-        loaded = load_model(spec.model)
-        corpus = load_corpus(spec.data, model=loaded.model, tokenizer=loaded.tokenizer)
+        loaded = load_model(spec.model, device=spec.model_device())
+        corpus = load_corpus(spec.data, model=loaded.model, tokenizer=loaded.tokenizer, seed=spec.seed)
         windows = fitness_windows(loaded.tokenizer, corpus, nwindows=max(spec.levels), seqlen=spec.seqlen)
         self.fitness = FitnessService(loaded.model, windows, list(spec.levels))
         self.bundle = ScoringBundle.open(spec.bundle_dir)
@@ -88,15 +110,23 @@ class EvaluationWorker:
         limits = self.spec.limits or SandboxLimits()
         return replace(limits, gpus=self.spec.gpu) if self.spec.gpu is not None else limits
 
-    def evaluate(self, task: EvaluationTask) -> EvaluationResult:
-        from autoprune.sandbox.api import run_candidate
-        from autoprune.sandbox.verdict import ScoringRequest
+    def request(self, task: EvaluationTask):
+        return scoring_request(self.bundle, self.spec, task.layer_sparsity)
 
-        pattern = SparsityPattern.parse(self.spec.pattern)
-        sparsity = task.layer_sparsity or {n: (pattern.sparsity if pattern.structured else self.spec.sparsity)
-                                           for n in self.bundle.names}
+    def evaluate(self, task: EvaluationTask) -> EvaluationResult:
+        """One task; a failure of this worker becomes the task's "crashed" result, not an exception
+        that would take the whole batch down."""
+        try:
+            return self._evaluate(task)
+        except Exception as exc:   # noqa: BLE001 - one candidate's failure must not stop the batch
+            return EvaluationResult(task.candidate_id, "crashed", worker=self.name, timings={},
+                                    message=f"the evaluation worker failed: {type(exc).__name__}: {exc}"[:500])
+
+    def _evaluate(self, task: EvaluationTask) -> EvaluationResult:
+        from autoprune.sandbox.api import run_candidate
+
         started = time.perf_counter()
-        verdict = run_candidate(task.source, self.bundle, ScoringRequest(sparsity=sparsity, pattern=pattern),
+        verdict = run_candidate(task.source, self.bundle, self.request(task),
                                 backend=self.spec.backend, limits=self.limits())
         result = EvaluationResult(task.candidate_id, verdict.status, verdict.message, dict(verdict.timings),
                                   worker=self.name, group=getattr(verdict, "group", "row"),
@@ -108,6 +138,58 @@ class EvaluationWorker:
             result.fitness_s = time.perf_counter() - started
             result.packed_masks = {name: pack_mask(mask) for name, mask in masks.items()}
         return result
+
+
+def scoring_request(bundle, spec: WorkerSpec, layer_sparsity: Optional[dict] = None):
+    """What a task asks of the sandbox: the layers' sparsities (uniform by default) and the pattern."""
+    from autoprune.sandbox.verdict import ScoringRequest
+
+    pattern = SparsityPattern.parse(spec.pattern)
+    sparsity = layer_sparsity or {n: (pattern.sparsity if pattern.structured else spec.sparsity)
+                                  for n in bundle.names}
+    return ScoringRequest(sparsity=sparsity, pattern=pattern)
+
+
+@dataclass
+class HostChecked:
+    """A worker's result as the host accepts it: verified masks and host-checked NLLs when ok."""
+
+    status: str
+    message: str
+    masks: Optional[dict] = None
+    nlls: Optional[list[float]] = None
+
+
+def check_on_host(result: EvaluationResult, source: str, bundle, request, fitness, *, level: int = 0,
+                  spot_checks: int = SPOT_CHECKED_WINDOWS, rng: Optional[random.Random] = None) -> HostChecked:
+    """Verify a worker's masks like any sandbox output and spot-check its fitness on the host
+    (see the module docstring); a result that fails is invalid-output."""
+    from autoprune.agent.fitness import FitnessMismatch
+    from autoprune.sandbox.gate import check_source
+    from autoprune.sandbox.outcome import verify_masks
+    from autoprune.sandbox.verdict import STATUSES
+
+    if result.status != "ok":
+        if result.status not in STATUSES:
+            return HostChecked("invalid-output", "the worker returned an unknown status")
+        return HostChecked(result.status, str(result.message)[-4000:])
+    gate = check_source(source)
+    if not gate.ok:
+        return HostChecked("rejected-static", gate.message)
+    try:
+        if result.group != gate.group:
+            raise MaskError(f"the worker's GROUP {result.group!r} is not the source's {gate.group!r}")
+        packed = result.packed_masks
+        if not isinstance(packed, dict) or set(packed) != set(request.sparsity):
+            raise MaskError("the worker's masks are not exactly the requested layers")
+        masks = verify_masks({name: unpack_mask(bytes(packed[name]), bundle.layer(name).shape)
+                              for name in request.sparsity}, bundle, request, gate.group)
+        count = fitness.levels[level]
+        checked = (rng or random.SystemRandom()).sample(range(count), min(spot_checks, count))
+        nlls = fitness.accept_claimed(result.candidate_id, lambda: masks, result.nlls, level, checked)
+    except (MaskError, FitnessMismatch, TypeError) as exc:
+        return HostChecked("invalid-output", f"the host's check of the worker's result failed: {exc}")
+    return HostChecked("ok", "", masks, nlls)
 
 
 class Executor(Protocol):
@@ -134,12 +216,12 @@ class SerialExecutor:
 _POOL_WORKER: Optional[EvaluationWorker] = None
 
 
-def _init_pool_worker(specs: list[WorkerSpec], counter) -> None:
+def _init_pool_worker(specs: list[WorkerSpec], counter, worker_class: type = EvaluationWorker) -> None:
     global _POOL_WORKER
     with counter.get_lock():
         slot = counter.value
         counter.value += 1
-    _POOL_WORKER = EvaluationWorker(specs[slot % len(specs)])
+    _POOL_WORKER = worker_class(specs[slot % len(specs)])
 
 
 def _pool_evaluate(task: EvaluationTask) -> EvaluationResult:
@@ -162,12 +244,14 @@ def slot_specs(spec: WorkerSpec, workers: int, gpus: Optional[list[str]]) -> lis
 class LocalPoolExecutor:
     """N worker processes on this machine (spawned: no forked torch state)."""
 
+    worker_class: type = EvaluationWorker     # what each process runs (tests put a lying one here)
+
     def __init__(self, spec: WorkerSpec, workers: int, gpus: Optional[list[str]] = None):
         context = get_context("spawn")
         counter = context.Value("i", 0)
         self.workers = workers
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_pool_worker,
-                                        initargs=(slot_specs(spec, workers, gpus), counter))
+                                        initargs=(slot_specs(spec, workers, gpus), counter, self.worker_class))
 
     def map(self, tasks: Sequence[EvaluationTask]) -> list[EvaluationResult]:
         return list(self.pool.map(_pool_evaluate, tasks))

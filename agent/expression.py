@@ -15,6 +15,7 @@ import ast
 import re
 
 from autoprune.errors import LLMError
+from autoprune.sandbox.policy import MAX_AST_DEPTH, tree_size_error
 
 
 class CandidateFormatError(LLMError):
@@ -44,6 +45,7 @@ _ALLOWED_NODES = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Call, ast.Attribut
                   ast.Constant, ast.keyword, ast.Load, ast.operator, ast.unaryop, ast.Subscript,
                   ast.Slice, ast.Tuple, ast.IfExp, ast.Compare, ast.cmpop)
 BUILTIN_NAMES = frozenset({"abs", "min", "max", "float", "int"})
+MAX_EXPRESSION_CHARS = 2000     # one scoring expression; longer replies are not salvaged
 
 EXPRESSION_HINT = ("Write ONE Python expression using W (weights, shape (out, in)), X.norm, X.sq_mean, "
                    "X.mean, X.var, X.max_abs (shape (in,), broadcast over the rows of W), "
@@ -98,6 +100,8 @@ def salvage_variants(expr: str) -> list[str]:
     """
     if not expr:
         return []
+    if len(expr) > MAX_EXPRESSION_CHARS:
+        return [expr]            # validate_expression refuses it; no quadratic salvage
     variants = [expr]
     sides = re.split(r"(?<![=<>!])=(?!=)", expr)
     if len(sides) == 2:
@@ -120,7 +124,7 @@ def _complete_prefixes(expr: str) -> list[str]:
         try:
             ast.parse(prefix, mode="eval")
             prefixes.append(prefix)
-        except SyntaxError:
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
             continue
     return prefixes
 
@@ -150,11 +154,19 @@ def clean_expression(line: str) -> str:
 
 def validate_expression(expr: str) -> ast.Expression:
     """Parse and check every name; raise CandidateFormatError with a repair hint."""
+    too_deep = ("the expression is too long or too deeply nested; write a shorter one (at most "
+                f"{MAX_EXPRESSION_CHARS} characters). " + EXPRESSION_HINT)
+    if len(expr) > MAX_EXPRESSION_CHARS:
+        raise CandidateFormatError(too_deep)
     try:
         tree = ast.parse(expr, mode="eval")
     except SyntaxError as exc:
         raise CandidateFormatError(f"`{expr[:120]}` is not a Python expression ({exc.msg}). "
                                    + EXPRESSION_HINT) from exc
+    except (ValueError, RecursionError, MemoryError):
+        raise CandidateFormatError(too_deep) from None
+    if tree_size_error(tree, max_depth=MAX_AST_DEPTH - 10):   # the template nests it ~5 deeper
+        raise CandidateFormatError(too_deep)
     uses_weights = False
     called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
     for node in ast.walk(tree):

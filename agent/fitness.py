@@ -8,7 +8,9 @@ disjoint from calibration; the test split is never read here.
 
 Multi-fidelity: level i uses the first `levels[i]` windows, so every candidate
 at a level is measured on the same windows and a promotion only computes the
-windows it lacks. Results are cached per (candidate, window).
+windows it lacks. Results are cached per (candidate, window). NLLs a parallel
+worker measured count only through `accept_claimed`, which recomputes some of
+them here first (see agent/executors.py for which).
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ from autoprune.evaluators.perplexity import window_nlls
 from autoprune.pruning.apply import masks_applied
 
 MaskLoader = Callable[[], Mapping[str, torch.Tensor]]
+
+
+class FitnessMismatch(ValueError):
+    """NLLs claimed by a worker disagree with the host's own measurement (or are malformed)."""
 
 
 def perplexity_of(nlls: Sequence[float]) -> float:
@@ -56,14 +62,36 @@ class FitnessService:
     def evaluate(self, cid: str, load_masks: Optional[MaskLoader], level: int) -> list[float]:
         """NLLs of the first `levels[level]` windows; `load_masks=None` means the dense model."""
         count = self.levels[level]
-        missing = [i for i in range(count) if (cid, i) not in self._cache]
-        if missing:
-            subset = WindowSet(self.windows.ids[missing], self.windows.description)
+        self._compute(cid, load_masks, [i for i in range(count) if (cid, i) not in self._cache])
+        return [self._cache[(cid, i)] for i in range(count)]
+
+    def accept_claimed(self, cid: str, load_masks: MaskLoader, claimed: Sequence[float], level: int,
+                       checked: Sequence[int], *, rel_tol: float = 1e-4, abs_tol: float = 1e-6) -> list[float]:
+        """Accept NLLs measured elsewhere (a parallel worker) for `level`'s windows once the windows
+        `checked` recomputed here agree; raise FitnessMismatch otherwise. The accepted values are cached."""
+        count = self.levels[level]
+        if not isinstance(claimed, (list, tuple)) or len(claimed) != count or not all(
+                isinstance(v, float) and math.isfinite(v) for v in claimed):
+            raise FitnessMismatch(f"expected {count} finite window NLLs")
+        if any(not 0 <= i < count for i in checked):
+            raise ValueError(f"checked windows {list(checked)} are not among level {level}'s {count}")
+        host = dict(zip(checked, self._compute(cid, load_masks, list(checked))))
+        for i in checked:
+            if not math.isclose(claimed[i], host[i], rel_tol=rel_tol, abs_tol=abs_tol):
+                raise FitnessMismatch(f"window {i}: NLL {claimed[i]:.6g} claimed, {host[i]:.6g} on the host")
+        accepted = [host.get(i, float(v)) for i, v in enumerate(claimed)]
+        self.prime(cid, accepted)
+        return accepted
+
+    def _compute(self, cid: str, load_masks: Optional[MaskLoader], indices: list[int]) -> list[float]:
+        """NLLs of the windows `indices` (cached under `cid`)."""
+        if indices:
+            subset = WindowSet(self.windows.ids[indices], self.windows.description)
             if load_masks is None:
                 values = window_nlls(self.model, subset, batch_size=self.batch_size)
             else:
                 with masks_applied(self.model, load_masks()):
                     values = window_nlls(self.model, subset, batch_size=self.batch_size)
-            for i, value in zip(missing, values.tolist()):
+            for i, value in zip(indices, values.tolist()):
                 self._cache[(cid, i)] = float(value)
-        return [self._cache[(cid, i)] for i in range(count)]
+        return [self._cache[(cid, i)] for i in indices]

@@ -3,10 +3,15 @@
 Any OpenAI-compatible endpoint works (OpenAI, vLLM, Ollama, llama.cpp,
 `transformers serve`, the embedded loopback server). The client's own retries
 are switched off (`max_retries=0`) so that one loop here decides what is worth
-retrying: rate limits (429), server errors (5xx), dropped connections and
-timeouts back off exponentially with jitter; any other 4xx is the user's to fix
-and fails at once with one clear line. Tokens are counted per graph node, and
-call / token caps raise `LLMBudgetExceeded` before a request is sent.
+retrying: rate limits (429, honouring `Retry-After` up to the backoff cap), server
+errors (5xx), dropped connections, timeouts and unusable bodies back off
+exponentially with jitter; any other 4xx is the user's to fix and fails at once
+with one clear line. `timeout` bounds a whole exchange, not only each socket read
+(a server that drips bytes, or streams without end, is cut off), a body larger
+than `max_reply_bytes` is refused and a reply text is cut to `max_reply_chars`.
+Tokens are counted per graph node, and call / token caps raise
+`LLMBudgetExceeded` before a request is sent. `on_call` sees every call, a failed
+one too (its response has an `error` and empty text), so the trace records it.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from email.utils import parsedate_to_datetime
+from typing import Callable, Iterator, Optional
 from urllib.parse import urlparse
 
+import httpx
 import openai
 
 from autoprune.errors import LLMError
@@ -28,6 +35,8 @@ FALLBACK_KEY_ENV = "OPENAI_API_KEY"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 # A local server (embedded, Ollama, llama.cpp, vLLM) needs no key, but the client insists on one.
 DUMMY_KEY = "sk-local-no-key-needed"
+MAX_REPLY_BYTES = 8 * 1024 * 1024     # a chat completion of a few thousand tokens is a few KB
+MAX_REPLY_CHARS = 64 * 1024           # what any node reads of a reply (a one-line expression, a program)
 
 
 class LLMBudgetExceeded(LLMError):
@@ -36,6 +45,51 @@ class LLMBudgetExceeded(LLMError):
 
 class LLMUnusableReply(LLMError):
     """The endpoint answered, but not with a chat completion (garbage, empty choices)."""
+
+
+class LLMRequestRefused(LLMError):
+    """The endpoint refused the caller, not one request (bad key 401, no access 403, unknown model or
+    route 404): asking again cannot help, so a run stops with this line instead of falling back."""
+
+
+class ReplyTooLarge(openai.OpenAIError):
+    """The body ran past `max_reply_bytes` (raised while reading; openai passes its own errors through)."""
+
+
+class BoundedBody(httpx.SyncByteStream):
+    """A response body read against a wall-clock deadline and a size cap."""
+
+    def __init__(self, inner: httpx.SyncByteStream, request: httpx.Request, deadline: float, total_s: float,
+                 max_bytes: int):
+        self.inner, self.request, self.deadline, self.total_s, self.max_bytes = (
+            inner, request, deadline, total_s, max_bytes)
+
+    def __iter__(self) -> Iterator[bytes]:
+        received = 0
+        for chunk in self.inner:
+            received += len(chunk)
+            if received > self.max_bytes:
+                raise ReplyTooLarge(f"reply body larger than {self.max_bytes} bytes")
+            if time.monotonic() > self.deadline:
+                raise httpx.ReadTimeout(f"reply not complete within {self.total_s:g} s", request=self.request)
+            yield chunk
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class BoundedTransport(httpx.HTTPTransport):
+    """httpx's timeout bounds each read; this bounds the whole exchange and the body's size."""
+
+    def __init__(self, total_s: float, max_bytes: int, **kwargs):
+        super().__init__(**kwargs)
+        self.total_s, self.max_bytes = total_s, max_bytes
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        deadline = time.monotonic() + self.total_s
+        response = super().handle_request(request)
+        response.stream = BoundedBody(response.stream, request, deadline, self.total_s, self.max_bytes)
+        return response
 
 
 @dataclass(frozen=True)
@@ -77,19 +131,49 @@ def backoff_seconds(attempt: int, base: float, cap: float) -> float:
     return random.uniform(0.5, 1.0) * min(cap, base * (2 ** attempt))
 
 
+def retry_after_seconds(exc: Exception) -> Optional[float]:
+    """The wait a 429/503 asks for (`retry-after-ms`, `retry-after` in seconds or as a date), if any."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    try:
+        if headers.get("retry-after-ms"):
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        value = headers.get("retry-after")
+        if not value:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
+        return None     # an unreadable header: the ordinary backoff applies
+
+
+def wait_before_retry(exc: Exception, attempt: int, base: float, cap: float) -> float:
+    """Seconds to sleep before the next attempt: the server's Retry-After (capped), else backoff."""
+    asked = retry_after_seconds(exc)
+    return min(cap, asked) if asked is not None else backoff_seconds(attempt, base, cap)
+
+
 class LLMClient:
     """Chat completions with retries, per-node token accounting and caps."""
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = API_KEY_ENV,
                  timeout: float = 120.0, max_retries: int = 4, max_total_tokens: Optional[int] = None,
                  max_calls: Optional[int] = None, backoff_base: float = 1.0, backoff_cap: float = 30.0,
+                 max_reply_bytes: int = MAX_REPLY_BYTES, max_reply_chars: int = MAX_REPLY_CHARS,
                  on_call: Optional[Callable[[dict, dict], None]] = None):
         self.base_url, self.model = base_url.rstrip("/"), model
         self.max_retries, self.max_total_tokens, self.max_calls = max_retries, max_total_tokens, max_calls
         self.backoff_base, self.backoff_cap, self.on_call = backoff_base, backoff_cap, on_call
+        self.max_reply_chars = max_reply_chars
+        http_client = openai.DefaultHttpxClient(transport=BoundedTransport(timeout, max_reply_bytes))
         self._client = openai.OpenAI(base_url=self.base_url, api_key=resolve_api_key(base_url, api_key_env),
-                                     timeout=timeout, max_retries=0)
+                                     timeout=timeout, max_retries=0, http_client=http_client)
         self.calls = 0
+        self.failures = 0       # calls that failed after every retry
         self._usage: dict[str, dict[str, float]] = {}
 
     # ---- accounting ----
@@ -126,15 +210,24 @@ class LLMClient:
         if seed is not None:
             request["seed"] = seed
         started = time.perf_counter()
-        reply = self._with_retries(request, started)
+        try:
+            reply = self._with_retries(request, started)
+        except LLMError as exc:
+            self.failures += 1
+            self._report({"node": node, **request},
+                         {"text": "", "prompt_tokens": 0, "completion_tokens": 0, "model": self.model,
+                          "seconds": round(time.perf_counter() - started, 3), "error": str(exc)})
+            raise
         self.calls += 1
         self._account(node, reply)
-        if self.on_call is not None:
-            self.on_call({"node": node, **request},
-                         {"text": reply.text, "prompt_tokens": reply.prompt_tokens,
-                          "completion_tokens": reply.completion_tokens, "seconds": reply.seconds,
-                          "model": reply.model})
+        self._report({"node": node, **request},
+                     {"text": reply.text, "prompt_tokens": reply.prompt_tokens,
+                      "completion_tokens": reply.completion_tokens, "seconds": reply.seconds, "model": reply.model})
         return reply
+
+    def _report(self, request: dict, response: dict) -> None:
+        if self.on_call is not None:
+            self.on_call(request, response)
 
     def _with_retries(self, request: dict, started: float) -> LLMReply:
         for attempt in range(self.max_retries + 1):
@@ -146,7 +239,7 @@ class LLMClient:
                 if attempt == self.max_retries:
                     raise LLMError(f"LLM endpoint {self.base_url} still failing after "
                                    f"{attempt + 1} attempts: {describe(exc)}") from exc
-                time.sleep(backoff_seconds(attempt, self.backoff_base, self.backoff_cap))
+                time.sleep(wait_before_retry(exc, attempt, self.backoff_base, self.backoff_cap))
         raise AssertionError("unreachable")
 
     def _once(self, request: dict, started: float) -> LLMReply:
@@ -154,7 +247,7 @@ class LLMClient:
         choices = getattr(response, "choices", None)
         if not choices or getattr(choices[0], "message", None) is None:
             raise LLMUnusableReply(f"LLM endpoint {self.base_url} returned no choices")
-        text = choices[0].message.content or ""
+        text = str(choices[0].message.content or "")[: self.max_reply_chars]
         usage = getattr(response, "usage", None)
         return LLMReply(text=text, prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
                         completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
@@ -165,19 +258,21 @@ class LLMClient:
         if isinstance(exc, LLMError):
             return exc
         if isinstance(exc, openai.AuthenticationError):
-            return LLMError(f"LLM endpoint {self.base_url} rejected the API key (401): "
-                            f"check {API_KEY_ENV}")
+            return LLMRequestRefused(f"LLM endpoint {self.base_url} rejected the API key (401): "
+                                     f"check {API_KEY_ENV}")
         if isinstance(exc, openai.PermissionDeniedError):
-            return LLMError(f"LLM endpoint {self.base_url} denied access (403): {describe(exc)}")
+            return LLMRequestRefused(f"LLM endpoint {self.base_url} denied access (403): {describe(exc)}")
         if isinstance(exc, openai.NotFoundError):
-            return LLMError(f"LLM endpoint {self.base_url} has no such route or model "
-                            f"'{self.model}' (404): check --llm-base-url (usually ends in /v1) "
-                            "and --llm-model")
+            return LLMRequestRefused(f"LLM endpoint {self.base_url} has no such route or model "
+                                     f"'{self.model}' (404): check --llm-base-url (usually ends in /v1) "
+                                     "and --llm-model")
         if isinstance(exc, openai.APIStatusError):
-            return LLMError(f"LLM endpoint {self.base_url} refused the request "
-                            f"({exc.status_code}): {describe(exc)}")
+            return LLMError(f"LLM endpoint {self.base_url} refused the request "     # e.g. a prompt too long:
+                            f"({exc.status_code}): {describe(exc)}")                  # this node falls back
         if isinstance(exc, openai.APIResponseValidationError):
             return LLMUnusableReply(f"LLM endpoint {self.base_url} sent an invalid reply: {describe(exc)}")
+        if isinstance(exc, ReplyTooLarge):
+            return LLMUnusableReply(f"LLM endpoint {self.base_url} sent an oversized reply: {exc}")
         return LLMError(f"LLM call to {self.base_url} failed: {describe(exc)}")
 
 

@@ -21,18 +21,19 @@ from typing import Iterator, Optional
 
 from autoprune.agent.archive import write_seeds
 from autoprune.agent.budget import Budget
-from autoprune.agent.config import RunConfig, load_config
+from autoprune.agent.checkpoints import CHECKPOINTS, checked_state, project_checkpointer
+from autoprune.agent.config import RunConfig, resume_config
 from autoprune.agent.finale import Finale
 from autoprune.agent.graph import build_graph
 from autoprune.agent.live import LiveView
 from autoprune.agent.llm_journal import JournaledLLM
 from autoprune.agent.services import AgentServices, CandidateRunner, RunContext, RunTrace
-from autoprune.agent.setup import prepare, profile_text
-from autoprune.agent.state import initial_state
+from autoprune.agent.setup import prepare, profile_text, run_device
+from autoprune.agent.state import AgentState, initial_state
 from autoprune.agent.summary import RunSummary, summarise
 from autoprune.errors import BadInputError
+from autoprune.safe_text import terminal_safe
 
-CHECKPOINTS = "checkpoints.sqlite"
 SERVER_PID_FILE = "embedded_llm_server.pid"
 PROCESS_SANDBOX_WARNING = ("sandbox backend 'process': candidates run as local subprocesses with rlimits and "
                            "the static gate only, without container isolation")
@@ -73,17 +74,27 @@ def stop_stale_server(run_dir: Path) -> None:
     if not path.is_file():
         return
     try:
-        pid = int(path.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        pid = int(path.read_text(encoding="ascii", errors="replace")[:20].strip())
     except (OSError, ValueError):
-        cmdline = b""
-    if b"serve" in cmdline:     # still ours (a recycled pid would not be a server): stop its group
+        pid = 0
+    if pid > 1 and is_embedded_server(pid):     # still ours (the folder may name any pid): stop its group
         for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, sig)
             if wait_gone(pid, grace):
                 break
     path.unlink(missing_ok=True)
+
+
+def is_embedded_server(pid: int) -> bool:
+    """`pid` leads its own process group and runs `transformers serve` on loopback (agent/embedded_server.py)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        leads_group = os.getpgid(pid) == pid
+    except (OSError, ProcessLookupError):
+        return False
+    return leads_group and b"serve" in args and b"--host" in args and \
+        args[args.index(b"--host") + 1:args.index(b"--host") + 2] == [b"127.0.0.1"]
 
 
 def wait_gone(pid: int, seconds: float) -> bool:
@@ -115,7 +126,8 @@ def evaluation_executor(config: RunConfig, prepared, runner: CandidateRunner):
 
     spec = WorkerSpec(bundle_dir=str(prepared.bundle.folder.resolve()), model=config.model, data=config.data,
                       seqlen=config.seqlen, levels=tuple(prepared.fitness.levels), sparsity=config.sparsity,
-                      pattern=config.pattern, backend=config.sandbox, limits=runner.limits)
+                      pattern=config.pattern, backend=config.sandbox, limits=runner.limits, seed=config.seed,
+                      device=run_device(config))
     gpus = None if not config.gpus else ([str(i) for i in range(gpu_count())] if config.gpus == "all"
                                          else [g.strip() for g in config.gpus.split(",")])
     executor = make_executor(config.executor, spec, workers=config.workers, ray_address=config.ray_address,
@@ -150,13 +162,15 @@ def build_services(config: RunConfig, run_dir: Path, trace: RunTrace, prepared, 
                          sandbox=runner, fitness=prepared.fitness, budget=budget, context=context, finale=finale)
 
 
-def run_agent(config: Optional[RunConfig] = None, *, resume: Optional[Path] = None,
-              live: bool = True) -> RunSummary:
-    """Run (or, with `resume`, continue) the agent; returns the summary `--json` prints."""
+def run_agent(config: Optional[RunConfig] = None, *, resume: Optional[Path] = None, live: bool = True,
+              confirm: Optional[dict] = None) -> RunSummary:
+    """Run (or, with `resume`, continue) the agent; returns the summary `--json` prints.
+    `confirm`: with `resume`, the endpoint / sandbox / executor settings the caller passes again
+    (agent.config.RESUME_CONFIRMED); a run folder that sets any of them otherwise is refused."""
     started = time.perf_counter()
     if resume is not None:
         run_dir = Path(resume).expanduser()
-        config = load_config(run_dir)
+        config = resume_config(run_dir, confirm)
     elif config is None:
         raise BadInputError("run_agent needs a RunConfig or a run folder to resume")
     else:
@@ -221,7 +235,7 @@ def write_run_report(run_dir: Path) -> None:
     try:
         build_report(run_dir)
     except Exception as exc:  # noqa: BLE001 - the run itself succeeded
-        print(f"warning: the report could not be written ({type(exc).__name__}: {exc}); "
+        print(f"warning: the report could not be written ({type(exc).__name__}: {terminal_safe(exc)}); "
               f"run `autoprune-agent report {run_dir}`", file=sys.stderr)
 
 
@@ -237,13 +251,15 @@ def original_run_id(run_dir: Path) -> str:
 
 
 def drive_graph(services: AgentServices, conn: sqlite3.Connection, run_id: str, *, resumed: bool, live: bool) -> dict:
-    from langgraph.checkpoint.sqlite import SqliteSaver
-
-    graph = build_graph(services, checkpointer=SqliteSaver(conn))
+    graph = build_graph(services, checkpointer=project_checkpointer(conn))
     thread = {"configurable": {"thread_id": run_id}, "recursion_limit": 100_000}
     snapshot = graph.get_state(thread)
-    if resumed and snapshot.values and not snapshot.next:
-        return dict(snapshot.values)            # finished already: nothing to redo
+    # Finished already: nothing to redo. (`next` alone is empty too when a kill came after a node's
+    # writes were saved but before the next checkpoint: that node's task is still in `tasks`.)
+    if snapshot.values:
+        checked_state(snapshot.values, AgentState, services.run_dir)
+    if resumed and snapshot.values and not snapshot.next and not snapshot.tasks:
+        return dict(snapshot.values)
     if snapshot.values:
         for cid, rec in snapshot.values.get("candidates", {}).items():
             for values in rec.get("nll", {}).values():

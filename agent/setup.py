@@ -11,9 +11,10 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from autoprune.agent.config import RunConfig
 from autoprune.agent.fitness import FitnessService
@@ -23,6 +24,7 @@ from autoprune.models import load_model
 log = logging.getLogger(__name__)
 BUNDLE_DIR = "bundle"
 PROFILE_FILE = "model_profile.json"
+PROFILE_MAX_BYTES = 1 << 20
 
 
 @dataclass
@@ -65,11 +67,36 @@ def prepare(config: RunConfig, run_dir: Path) -> Prepared:
     return Prepared(loaded, corpus, calibration, stats, bundle, fitness, model_profile(loaded.model, stats, run_dir))
 
 
+class BlockProfile(BaseModel):
+    """One block's entry in model_profile.json (a cache in the run folder: read back as input)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    outlier_ratio: float
+    skewness: float
+    weight_skewness: float
+
+
+PROFILE_LIST = TypeAdapter(list[BlockProfile])
+
+
+def cached_profile(path: Path) -> Optional[list[dict]]:
+    """The cached profile, or None when it is missing, unreadable or not what `model_profile` writes."""
+    if not path.is_file() or path.stat().st_size > PROFILE_MAX_BYTES:
+        return None
+    try:
+        return [p.model_dump() for p in PROFILE_LIST.validate_json(path.read_bytes())]
+    except ValidationError:
+        log.warning("%s is not a valid profile: computing it again", path)
+        return None
+
+
 def model_profile(model, stats: dict, run_dir: Path) -> list[dict]:
     """Per-block outlier ratio and skewness of |W| and of Wanda's activation-weighted scores (cached)."""
     path = run_dir / PROFILE_FILE
-    if path.is_file():
-        return json.loads(path.read_text())
+    cached = cached_profile(path)
+    if cached is not None:
+        return cached
     from autoprune.pruning.loop import dense_block_profiles
     from autoprune.pruning.metrics import get_metric
 

@@ -9,7 +9,11 @@ updated by the node, see `with_candidate`).
 
 from __future__ import annotations
 
-from typing import Literal, Optional, TypedDict
+from typing import Literal, Optional
+
+# typing_extensions' TypedDict: pydantic validates it on Python 3.11 (agent/checkpoints.py checks a
+# resumed state against these classes).
+from typing_extensions import TypedDict
 
 # "llm": written by the LLM; "mutation": the LLM repeated a tested metric and trusted code
 # mutated it (agent/mutation.py). Both are search candidates: budgeted, reflected on, ranked.

@@ -4,7 +4,9 @@ Every node entered/left, prompt, response, candidate, verdict, fitness, rating
 and insight is one JSON object: `{"v": 1, "seq": n, "ts": unix_seconds,
 "type": ..., ...payload}`. Replay, reports and resume read only this file and
 the checkpointer. A killed run may leave a half-written last line: readers
-skip it and say so (`TraceReadResult.problems`).
+skip it and say so (`TraceReadResult.problems`). Every line is validated
+(`agent/trace_events.py`): a malformed, oversized or non-UTF-8 line is skipped
+and reported the same way, never raised.
 """
 
 from __future__ import annotations
@@ -15,21 +17,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
+from autoprune.agent.trace_events import EVENT_TYPES, MAX_LINE_BYTES, TRACE_VERSION, parse_line
 from autoprune.errors import TraceError
 
-TRACE_VERSION = 1
 TRACE_FILE = "trace.jsonl"
-
-# The closed set of event types (payload keys are documented in docs/trace.md).
-EVENT_TYPES = frozenset({
-    "run_started", "run_resumed", "run_finished", "run_failed",
-    "node_entered", "node_left",
-    "llm_request", "llm_response",
-    "candidate", "verdict", "fitness", "rating", "tournament",
-    "hypothesis", "insight", "baseline", "final_result", "note",
-})
 
 
 class TraceWriter:
@@ -49,7 +42,7 @@ class TraceWriter:
             self._seq += 1
             event = {"v": TRACE_VERSION, "seq": self._seq, "ts": round(time.time(), 3), "type": type, **payload}
             line = json.dumps(event, default=str, ensure_ascii=False)
-            with self.path.open("a", encoding="utf-8") as fh:
+            with self.path.open("a", encoding="utf-8", errors="backslashreplace") as fh:  # lone surrogate -> JSON escape
                 fh.write(line + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -62,10 +55,29 @@ class TraceReadResult:
     problems: list[str] = field(default_factory=list)   # human-readable notices (skipped lines)
 
 
-def iter_trace_lines(path: Path) -> Iterator[tuple[int, str]]:
-    with Path(path).open("r", encoding="utf-8", errors="replace") as fh:
-        for number, line in enumerate(fh, 1):
-            yield number, line
+def iter_jsonl_lines(path: Path, limit: int = MAX_LINE_BYTES) -> Iterator[tuple[int, Optional[bytes], bool]]:
+    """(line number, bytes without the newline or None when over `limit`, whether a newline ended it).
+    Reads in bounded pieces: a huge line is skipped without holding it in memory."""
+    with Path(path).open("rb") as fh:
+        number = 0
+        while True:
+            raw = fh.readline(limit + 1)
+            if not raw:
+                return
+            number += 1
+            if len(raw) > limit and not raw.endswith(b"\n"):
+                while raw and not raw.endswith(b"\n"):       # drop the rest of the oversized line
+                    raw = fh.readline(limit + 1)
+                yield number, None, raw.endswith(b"\n")
+                continue
+            complete = raw.endswith(b"\n")
+            yield number, raw.rstrip(b"\r\n") if complete else raw, complete
+
+
+def line_problem(name: str, number: int, why: str, complete: bool) -> str:
+    if not complete:
+        return f"{name}:{number}: skipped truncated last line (the run was killed while writing)"
+    return f"{name}:{number}: skipped malformed line ({why})"
 
 
 def read_trace(run_dir_or_file: Path) -> TraceReadResult:
@@ -76,37 +88,25 @@ def read_trace(run_dir_or_file: Path) -> TraceReadResult:
     if not path.is_file():
         raise TraceError(f"no trace at {path}")
     result = TraceReadResult(events=[])
-    for number, line in iter_trace_lines(path):
-        if not line.strip():
+    for number, raw, complete in iter_jsonl_lines(path):
+        if raw is not None and not raw.strip():
             continue
-        event = parse_event(line)
+        event, why = parse_line(raw) if raw is not None else (None, f"longer than {MAX_LINE_BYTES} bytes")
         if event is None:
-            last = not line.endswith("\n")
-            why = "truncated last line (the run was killed while writing)" if last else "malformed line"
-            result.problems.append(f"{path.name}:{number}: skipped {why}")
+            result.problems.append(line_problem(path.name, number, why, complete))
             continue
         result.events.append(event)
     return result
-
-
-def parse_event(line: str) -> dict | None:
-    try:
-        event = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(event, dict) or event.get("v") != TRACE_VERSION or "type" not in event:
-        return None
-    return event
 
 
 def last_sequence_number(path: Path) -> int:
     if not path.is_file():
         return 0
     seq = 0
-    for _, line in iter_trace_lines(path):
-        event = parse_event(line)
+    for _, raw, _ in iter_jsonl_lines(path):
+        event = parse_line(raw)[0] if raw is not None else None
         if event is not None:
-            seq = max(seq, int(event.get("seq", 0)))
+            seq = max(seq, event["seq"])
     return seq
 
 

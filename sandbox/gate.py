@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
-from autoprune.sandbox.policy import MAX_SOURCE_BYTES, compile_candidate
+from autoprune.sandbox.policy import MAX_SOURCE_BYTES, compile_candidate, uncompilable_error
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,8 @@ def check_source(source: str) -> GateResult:
         tree = ast.parse(source)
     except SyntaxError as exc:
         return _reject(f"Line {exc.lineno}: syntax error: {exc.msg}; fix the Python syntax")
+    except (RecursionError, MemoryError, ValueError) as exc:   # the parser's own limits
+        return _reject(uncompilable_error(exc))
     _, errors = compile_candidate(source)
     if errors:
         return _reject(*(_with_hint(e) for e in errors))

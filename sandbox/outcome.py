@@ -2,15 +2,17 @@
 
 Order matters: resource verdicts (timeout, out-of-memory, too-much-output) win
 over whatever the worker claims, and "ok" requires every requested mask to pass
-`verify_mask` with the shapes of the trusted bundle, not the worker's.
+`verify_mask` with the shapes of the trusted bundle, not the worker's. Every
+byte from the worker is parsed by `sandbox.worker_output`; what does not parse
+is an "invalid-output" verdict, never a host exception.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import time
-from typing import Optional
+from typing import Mapping, Optional
+
+import torch
 
 from autoprune.errors import MaskError
 from autoprune.pruning.masks import unpack_mask, verify_mask
@@ -18,14 +20,16 @@ from autoprune.sandbox import protocol as P
 from autoprune.sandbox.bundle import ScoringBundle
 from autoprune.sandbox.transport import RawRun
 from autoprune.sandbox.verdict import CandidateVerdict, SandboxLimits, ScoringRequest
+from autoprune.sandbox.worker_output import (FailedResult, OkResult, WorkerOutputError, parse_profile,
+                                             parse_result)
 
 _KILLED = (-9, 137)
 
 
 def _crash_message(run: RawRun) -> str:
-    report = run.report or {}
-    tail = (report.get("tail") or run.noise or "").strip()
-    code = report.get("returncode", run.exit_code)
+    report = run.report
+    tail = ((report.tail if report else "") or run.noise or "").strip()
+    code = report.returncode if report and report.returncode is not None else run.exit_code
     lines = "\n".join(tail.splitlines()[-15:])
     return f"the worker exited with code {code}" + (f"; last lines:\n{lines}" if lines else "")
 
@@ -36,70 +40,67 @@ def _is_memory_error(text: str) -> bool:
 
 
 def _resource_verdict(run: RawRun, limits: SandboxLimits, cap: int) -> Optional[tuple[str, str]]:
-    report = run.report or {}
+    report = run.report
     if run.timed_out:
         return "timeout", (f"the candidate ran past the {limits.timeout_s:g} s wall-clock limit and "
                            "was killed; use vectorised torch operations, no Python loops over weights")
-    oom_signal = report.get("returncode") in _KILLED and report.get("oom_kills", 0) > 0
+    oom_signal = report is not None and report.returncode in _KILLED and report.oom_kills > 0
     if run.killed_oom or oom_signal:
         return "out-of-memory", (f"the candidate exceeded the {limits.memory_bytes >> 20} MiB memory "
                                  "limit and was killed; avoid (in×in) or larger temporaries")
     if run.output_overflow:
         return "too-much-output", f"the candidate's output exceeds the {cap} byte cap"
-    if report.get("stdout_overflow"):
+    if report is not None and report.stdout_overflow:
         return "too-much-output", (f"the candidate printed more than {limits.stdout_bytes} bytes "
                                    "and was stopped; do not print")
     return None
 
 
-def _read_result(run: RawRun) -> Optional[dict]:
-    try:
-        result = json.loads(run.files[P.RESULT_FILE])
-        return result if isinstance(result, dict) else None
-    except (KeyError, ValueError):
-        return None
-
-
-def _verified_masks(run: RawRun, result: dict, bundle: ScoringBundle, request: ScoringRequest,
-                    group: str) -> dict:
-    entries = {e.get("name"): e for e in result.get("layers", []) if isinstance(e, dict)}
-    data = run.files.get(P.MASKS_FILE, b"")
-    masks = {}
+def verify_masks(masks: Mapping[str, torch.Tensor], bundle: ScoringBundle, request: ScoringRequest,
+                 group: str) -> dict[str, torch.Tensor]:
+    """The requested layers' masks, each checked with `verify_mask` against the trusted bundle's
+    shape and the request's exact sparsity and pattern (raises MaskError). Every backend and every
+    executor's worker output goes through here."""
+    verified = {}
     for name, sparsity in request.sparsity.items():
-        spec = bundle.layer(name)
-        entry = entries.get(name)
-        if entry is None:
+        if name not in masks:
             raise MaskError(f"{name}: no mask in the output")
-        start, size = int(entry["offset"]), int(entry["nbytes"])
-        if start < 0 or start + size > len(data):
-            raise MaskError(f"{name}: mask bytes out of range")
-        mask = unpack_mask(data[start: start + size], spec.shape)
-        verify_mask(mask, spec.shape, float(sparsity), group=group, pattern=request.pattern,
-                    name=name)
-        masks[name] = mask
-    return masks
+        verify_mask(masks[name], bundle.layer(name).shape, float(sparsity), group=group,
+                    pattern=request.pattern, name=name)
+        verified[name] = masks[name]
+    return verified
 
 
-def _finite_stats(stats) -> bool:
-    return isinstance(stats, dict) and all(
-        isinstance(v, (int, float)) and math.isfinite(v) for v in stats.values())
+def _verified_masks(run: RawRun, result: OkResult, bundle: ScoringBundle, request: ScoringRequest,
+                    group: str) -> dict[str, torch.Tensor]:
+    data = run.files.get(P.MASKS_FILE, b"")
+    unpacked = {name: unpack_mask(result.layer_bytes(name, data), bundle.layer(name).shape)
+                for name in request.sparsity}
+    return verify_masks(unpacked, bundle, request, group)
 
 
 def _verified_profile(run: RawRun, bundle: ScoringBundle) -> dict:
-    """{"layers": {name: stats}, "blocks": {index: stats}}, every value a finite number."""
-    try:
-        profile = json.loads(run.files[P.PROFILE_FILE])
-        layers, blocks = profile["layers"], profile["blocks"]
-    except (KeyError, ValueError, TypeError) as exc:
-        raise MaskError(f"no readable profile in the output ({exc})") from exc
-    for name in bundle.names:
-        if not _finite_stats(layers.get(name)):
-            raise MaskError(f"{name}: missing or non-finite score profile")
+    """{"layers": {name: stats}, "blocks": {index: stats}} for exactly the bundle's layers and blocks."""
+    if P.PROFILE_FILE not in run.files:
+        raise WorkerOutputError("no profile in the output")
+    profile = parse_profile(run.files[P.PROFILE_FILE])
     indices = sorted({str(spec.layer_index) for spec in bundle.layers}, key=int)
+    for name in bundle.names:
+        if name not in profile.layers:
+            raise WorkerOutputError(f"{name}: missing score profile")
     for index in indices:
-        if not _finite_stats(blocks.get(index)):
-            raise MaskError(f"block {index}: missing or non-finite score profile")
-    return {"layers": {n: layers[n] for n in bundle.names}, "blocks": {i: blocks[i] for i in indices}}
+        if index not in profile.blocks:
+            raise WorkerOutputError(f"block {index}: missing score profile")
+    return {"layers": {n: profile.layers[n] for n in bundle.names},
+            "blocks": {i: profile.blocks[i] for i in indices}}
+
+
+def _failed_verdict(result: FailedResult, limits: SandboxLimits, timings: dict) -> CandidateVerdict:
+    if result.kind == P.KIND_CRASHED and _is_memory_error(result.message):
+        return CandidateVerdict(status="out-of-memory", timings=timings,
+                                message=f"the candidate ran out of memory (limit "
+                                        f"{limits.memory_bytes >> 20} MiB): {result.message[-600:]}")
+    return CandidateVerdict(status=result.kind, message=result.message, timings=timings)
 
 
 def verdict_from_run(run: RawRun, bundle: ScoringBundle, request: ScoringRequest,
@@ -108,35 +109,30 @@ def verdict_from_run(run: RawRun, bundle: ScoringBundle, request: ScoringRequest
     resource = _resource_verdict(run, limits, cap)
     if resource:
         return CandidateVerdict(status=resource[0], message=resource[1], timings=timings)
-    result = _read_result(run)
-    if result is None:
+    if run.report_error:
+        return CandidateVerdict(status="invalid-output", message=run.report_error, timings=timings)
+    if P.RESULT_FILE not in run.files:
         message = _crash_message(run)
         status = "out-of-memory" if _is_memory_error(message) else "crashed"
         return CandidateVerdict(status=status, message=message, timings=timings)
-    kind = result.get("kind")
-    if kind == P.KIND_CRASHED and _is_memory_error(str(result.get("message", ""))):
-        return CandidateVerdict(status="out-of-memory", timings=timings,
-                                message=f"the candidate ran out of memory (limit "
-                                        f"{limits.memory_bytes >> 20} MiB): {result['message'][-600:]}")
-    if kind != "ok":
-        status = kind if kind in (P.KIND_REJECTED, P.KIND_INVALID, P.KIND_TOO_MUCH) else "crashed"
-        return CandidateVerdict(status=status, message=str(result.get("message", ""))[-4000:],
-                                timings=timings)
-    group = result.get("group") if gate_group is None else gate_group
-    if group not in ("row", "layer") or result.get("group") != group:
+    try:
+        result = parse_result(run.files[P.RESULT_FILE])
+    except WorkerOutputError as exc:
+        return CandidateVerdict(status="invalid-output", message=str(exc), timings=timings)
+    if isinstance(result, FailedResult):
+        return _failed_verdict(result, limits, timings)
+    group = result.group if gate_group is None else gate_group
+    if result.group != group:
         return CandidateVerdict(status="invalid-output", timings=timings,
-                                message=f"the output's GROUP {result.get('group')!r} is not {group!r}")
-    for key, value in (result.get("timings") or {}).items():
-        if isinstance(value, (int, float)):
-            timings[f"worker_{key}"] = float(value)
+                                message=f"the output's GROUP {result.group!r} is not {group!r}")
+    timings.update({f"worker_{key}": value for key, value in result.timings.items()})
     t0 = time.perf_counter()
     try:
         if request.mode == "profile":
             verdict = CandidateVerdict(status="ok", profile=_verified_profile(run, bundle))
         else:
-            verdict = CandidateVerdict(status="ok", masks=_verified_masks(run, result, bundle,
-                                                                          request, group))
-    except (MaskError, KeyError, TypeError, ValueError) as exc:
+            verdict = CandidateVerdict(status="ok", masks=_verified_masks(run, result, bundle, request, group))
+    except (MaskError, WorkerOutputError) as exc:
         return CandidateVerdict(status="invalid-output", message=str(exc), timings=timings)
     timings["verification"] = time.perf_counter() - t0
     verdict.timings, verdict.group = timings, group

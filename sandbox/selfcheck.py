@@ -9,8 +9,12 @@ normal score() and the run is "ok". Resource probes expect their own verdict.
 
 from __future__ import annotations
 
+import os
+import signal
 import tempfile
 import textwrap
+import uuid
+import warnings
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
@@ -34,6 +38,41 @@ class Probe:
     expect: str                     # the verdict status meaning "the isolation held"
     raw: bool = True
     limits: Optional[dict] = None   # overrides of the check's limits
+    backend: str = "docker"
+    after: Optional[Callable[[], str]] = None   # a host-side check after the run: "" or BREACH ...
+
+
+_MARKER = f"autoprune-probe-{uuid.uuid4().hex}"
+
+
+def surviving_marker_processes(marker: str = _MARKER) -> str:
+    """Kill and report host processes whose command line carries `marker` (none must survive)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                if marker.encode() in handle.read():
+                    found.append(int(entry))
+                    os.kill(int(entry), signal.SIGKILL)
+        except OSError:
+            continue
+    return f"BREACH processes {found} outlived the run" if found else ""
+
+
+_DEEP = "def score(W, X):\n    return W" + " + W" * 300 + "\n"
+_ESCAPE_CHILD = raw_probe(f"""
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            null = os.open("/dev/null", os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)       # detached: the run does not wait for it
+            os.execv("/bin/sleep", ["{_MARKER}", "300"])   # argv[0] names it
+        os._exit(0)
+    time.sleep(0.5)
+    """)
 
 
 PROBES = (
@@ -96,6 +135,32 @@ PROBES = (
         """), "too-much-output"),
     Probe("gate", "the static gate refuses imports of os / dunder access", "import os" + _SCORE,
           "rejected-static", raw=False),
+    Probe("re-export", "names torch re-exports (torch.os, torch.sys ...) are off the allow-list",
+          "from torch import os" + _SCORE, "rejected-static", raw=False),
+    Probe("format-string", "format strings cannot reach attributes ('{0.__class__}'.format)",
+          "def score(W, X):\n    s = '{0.__class__}'.format(W)\n    return W.abs()\n",
+          "rejected-static", raw=False),
+    Probe("attribute-swap", "a candidate cannot set attributes (e.g. replace .detach)",
+          "def score(W, X):\n    s = W.abs()\n    s.detach = lambda: W\n    return s\n",
+          "rejected-static", raw=False),
+    Probe("deep-expression", "a 300-term chained expression is a clear rejection, not a crash",
+          _DEEP, "rejected-static", raw=False),
+    Probe("module-value", "a module reached through a value (torch.functional) is blocked at run "
+          "time", "import torch\ndef score(W, X):\n    m = [torch][0].functional\n    return W\n",
+          "crashed", raw=False),
+    Probe("process:network", "process backend: a network namespace without interfaces",
+          raw_probe("""
+        if [name for _, name in socket.if_nameindex() if name != "lo"]:
+            raise RuntimeError(f"BREACH interfaces {socket.if_nameindex()}")
+        for host, port in (("1.1.1.1", 53), ("127.0.0.1", 22)):
+            try:
+                socket.create_connection((host, port), timeout=2).close()
+                raise RuntimeError(f"BREACH connected to {host}:{port}")
+            except OSError:
+                pass
+        """), "ok", backend="process"),
+    Probe("process:descendants", "process backend: a setsid() grandchild dies with the run",
+          _ESCAPE_CHILD, "ok", backend="process", after=surviving_marker_processes),
 )
 
 
@@ -103,10 +168,12 @@ PROBES = (
 class ProbeResult:
     probe: Probe
     verdict: CandidateVerdict
+    breach: str = ""               # what the host-side check after the run found
 
     @property
     def holds(self) -> bool:
-        return self.verdict.status == self.probe.expect and "BREACH" not in self.verdict.message
+        return (self.verdict.status == self.probe.expect and "BREACH" not in self.verdict.message
+                and not self.breach)
 
 
 def run_self_check(bundle: ScoringBundle, limits: SandboxLimits,
@@ -115,8 +182,11 @@ def run_self_check(bundle: ScoringBundle, limits: SandboxLimits,
     results = []
     for probe in PROBES:
         probe_limits = replace(limits, raw=probe.raw, **(probe.limits or {}))
-        verdict = run_candidate(probe.source, bundle, request, limits=probe_limits)
-        results.append(ProbeResult(probe, verdict))
+        with warnings.catch_warnings():   # the process backend's warning is the point here
+            warnings.simplefilter("ignore")
+            verdict = run_candidate(probe.source, bundle, request, backend=probe.backend,
+                                    limits=probe_limits)
+        results.append(ProbeResult(probe, verdict, probe.after() if probe.after else ""))
         on_result(results[-1])
     return results
 

@@ -29,7 +29,7 @@ from safetensors import safe_open
 from autoprune.pruning.masks import SparsityPattern, pack_mask, scores_to_mask
 from autoprune.pruning.stats import CHANNEL_FIELDS, ActivationStats
 from autoprune.sandbox import protocol as P
-from autoprune.sandbox.policy import candidate_globals, compile_candidate
+from autoprune.sandbox.policy import GuardError, candidate_globals, compile_candidate
 from autoprune.sandbox.score_profile import blocks_profile, score_profile
 
 
@@ -49,7 +49,13 @@ def load_candidate(source: str, raw: bool):
         if errors:
             raise WorkerFailure(P.KIND_REJECTED, "\n".join(errors))
         namespace = candidate_globals()
-        exec(code, namespace)  # noqa: S102 (restricted code, guarded globals)
+        try:
+            exec(code, namespace)  # noqa: S102 (restricted code, guarded globals)
+        except GuardError as exc:
+            raise WorkerFailure(P.KIND_CRASHED, blocked_message("the module body", exc)) from None
+        except Exception:  # noqa: BLE001 - the candidate's own bug, reported to the LLM
+            raise WorkerFailure(P.KIND_CRASHED, printable("the module body raised:\n"
+                                                          + traceback.format_exc(limit=-4))) from None
     score = namespace.get("score")
     if not callable(score):
         raise WorkerFailure(P.KIND_INVALID, "the candidate defines no callable score(W, X)")
@@ -69,12 +75,49 @@ def layer_stats(stats_file, spec: dict) -> ActivationStats:
                                         nsamples=spec.get("nsamples", 0))
 
 
+MAX_MESSAGE_CHARS = 4000
+
+
+def printable(text: str) -> str:
+    """Candidate-made text, capped, with control characters (terminal escapes) made visible."""
+    text = text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS] + " [...]"
+    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
+
+
+def blocked_message(where: str, exc: GuardError) -> str:
+    """A run-time policy block: the candidate's line and the rule, without the guard's frames."""
+    lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__)
+             if f.filename == P.CANDIDATE_FILE]
+    at = f" (line {lines[-1]})" if lines else ""
+    return printable(f"{where} was stopped by the sandbox policy{at}: GuardError: {exc}")
+
+
+def fresh_tensor(scores: torch.Tensor, name: str) -> torch.Tensor:
+    """A plain, new tensor with the scores' values, made by torch functions (never by the
+    returned object's own, possibly replaced, methods), so every later check and the mask
+    see the same data."""
+    if type(scores) is not torch.Tensor:
+        raise WorkerFailure(P.KIND_INVALID, f"{name}: score() returned {type(scores).__name__}, "
+                                            "expected a plain torch.Tensor shaped like W")
+    # layout and dtype are data descriptors of the type: an instance cannot shadow them.
+    if scores.layout is not torch.strided or scores.dtype.is_complex:
+        raise WorkerFailure(P.KIND_INVALID, f"{name}: score() must return a dense real tensor")
+    return torch.clone(scores, memory_format=torch.contiguous_format)
+
+
 def checked_scores(score, weight: torch.Tensor, stats: ActivationStats, name: str) -> torch.Tensor:
     try:
-        scores = score(weight, stats)
+        scores = score(torch.clone(weight), stats)   # the candidate may write into its copy
+    except GuardError as exc:
+        raise WorkerFailure(P.KIND_CRASHED, blocked_message(f"score() on {name}", exc)) from None
+    except RecursionError:
+        raise WorkerFailure(P.KIND_CRASHED, f"score() raised on {name}: RecursionError (maximum "
+                                            "recursion depth exceeded); write a loop instead") from None
     except Exception:  # the candidate's own bug: report its traceback to the LLM
-        raise WorkerFailure(P.KIND_CRASHED, f"score() raised on {name}:\n"
-                                            f"{traceback.format_exc(limit=-4)}") from None
+        raise WorkerFailure(P.KIND_CRASHED, printable(f"score() raised on {name}:\n"
+                                                      f"{traceback.format_exc(limit=-4)}")) from None
+    if isinstance(scores, torch.Tensor):
+        scores = fresh_tensor(scores, name)
     if not isinstance(scores, torch.Tensor):
         raise WorkerFailure(P.KIND_INVALID, f"{name}: score() returned {type(scores).__name__}, "
                                             "expected a torch.Tensor shaped like W")

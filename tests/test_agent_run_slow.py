@@ -80,7 +80,8 @@ def test_killed_run_resumes_and_finishes_without_lost_or_duplicated_candidates(t
         os.killpg(proc.pid, signal.SIGKILL)     # the agent and its sandbox workers; the server has its own group
         proc.wait()
     assert not (run_dir / "report" / "report.md").exists()
-    resumed = subprocess.run(cli("run", "--resume", str(run_dir), "--json"), capture_output=True, text=True,
+    resumed = subprocess.run(cli("run", "--resume", str(run_dir), "--sandbox", "process", "--json"),  # confirmed again
+                             capture_output=True, text=True,
                              timeout=2400, env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     summary = json.loads(resumed.stdout)

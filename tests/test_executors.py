@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from autoprune.agent.executors import EvaluationTask, LocalPoolExecutor, SerialExecutor, WorkerSpec, make_executor
+from autoprune.agent.executors import (EvaluationTask, EvaluationWorker, LocalPoolExecutor, SerialExecutor, WorkerSpec,
+                                      make_executor)
 from autoprune.data import calibration_windows, load_corpus
 from autoprune.errors import BadInputError
 from autoprune.pruning.calibration import collect_activation_stats
@@ -181,3 +182,86 @@ def test_agent_graph_writes_batches_and_evaluates_them_on_the_pool(tmp_path, tin
     state, model, windows = graph_run_on(lambda spec: make_executor("local", spec, workers=2), tmp_path,
                                          tiny_llama_dir, wikitext_dir)
     check_batched_run(state, model, windows, tmp_path)
+
+
+class LyingWorker(EvaluationWorker):
+    """A real pool worker that forges what it returns: better fitness, or masks that keep everything."""
+
+    def evaluate(self, task: EvaluationTask):
+        from autoprune.pruning.masks import pack_mask
+
+        result = super().evaluate(task)
+        if task.candidate_id.startswith("forged-fitness") and result.nlls:
+            result.nlls = [value * 0.9 for value in result.nlls]
+        if task.candidate_id.startswith("forged-one-window") and result.nlls:
+            result.nlls = [result.nlls[0] * 0.9, *result.nlls[1:]]
+        if task.candidate_id.startswith("forged-masks"):
+            result.packed_masks = {name: pack_mask(self._keep_all(name)) for name in result.packed_masks}
+        return result
+
+    def _keep_all(self, name: str):
+        import torch
+
+        return torch.ones(self.bundle.layer(name).shape, dtype=torch.bool)
+
+
+class LyingPool(LocalPoolExecutor):
+    worker_class = LyingWorker
+
+
+def test_the_host_catches_a_worker_that_lies(small_run, tiny_llama_dir, wikitext_dir):
+    """Forged fitness and forged masks from a real worker process end as invalid-output on the host;
+    honest results pass with the host's NLLs."""
+    import random
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from autoprune.agent.executors import check_on_host, scoring_request
+    from autoprune.agent.fitness import FitnessService
+    from autoprune.data import fitness_windows
+    from autoprune.sandbox.bundle import ScoringBundle
+
+    wanda = CANDIDATES["wanda"]
+    tasks = [EvaluationTask(cid, wanda, level=0) for cid in
+             ("honest", "forged-fitness", "forged-one-window", "forged-masks")]
+    executor = LyingPool(small_run, workers=2)
+    try:
+        results = {r.candidate_id: r for r in executor.map(tasks)}
+    finally:
+        executor.close()
+    assert all(r.status == "ok" for r in results.values())           # the worker says all is well
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    windows = fitness_windows(AutoTokenizer.from_pretrained(tiny_llama_dir), load_corpus(str(wikitext_dir)),
+                              nwindows=max(small_run.levels), seqlen=small_run.seqlen)
+    host = FitnessService(model, windows, list(small_run.levels))
+    bundle = ScoringBundle.open(small_run.bundle_dir)
+    request = scoring_request(bundle, small_run)
+
+    def check(cid, **kwargs):
+        return check_on_host(results[cid], wanda, bundle, request, host, level=0, **kwargs)
+
+    honest = check("honest")
+    assert honest.status == "ok" and honest.nlls == pytest.approx(results["honest"].nlls, rel=1e-5)
+    forged = check("forged-fitness")
+    assert forged.status == "invalid-output" and "NLL" in forged.message and forged.masks is None
+    masks = check("forged-masks")
+    assert masks.status == "invalid-output" and "expected exactly" in masks.message
+    # A forgery of one window in n is caught when that window is drawn (here: every window is).
+    one = check("forged-one-window", spot_checks=len(results["honest"].nlls))
+    assert one.status == "invalid-output" and "window 0" in one.message
+    caught = check("forged-one-window", rng=random.Random(1), spot_checks=1)         # draws window 0
+    assert caught.status == "invalid-output" and "window 0" in caught.message
+    missed = check("forged-one-window", rng=random.Random(0), spot_checks=1)         # draws window 1: the
+    assert missed.status == "ok" and missed.nlls[0] < results["honest"].nlls[0]      # documented limit
+    # A different source than the one the worker ran: the host's own gate decides.
+    assert check_on_host(results["honest"], "import os\n", bundle, request, host).status == "rejected-static"
+
+
+def test_workers_use_the_hosts_seed_and_device(small_run):
+    """Issue 17: a 'self' corpus depends on --seed, fitness on the device; the spec carries both."""
+    from dataclasses import replace
+
+    assert replace(small_run, seed=3).seed == 3
+    assert replace(small_run, device="cuda", gpu="1").model_device() == "cuda:1"
+    assert replace(small_run, device="cuda").model_device() == "cuda"
+    assert replace(small_run, gpu="1").model_device() == "cpu"

@@ -183,3 +183,38 @@ def test_key_is_sent_as_bearer(serve, monkeypatch):
     server = serve((200, completion(), 0))
     client(server).chat(MESSAGES, node="analyse")
     assert server.requests[0]["headers"]["Authorization"] == "Bearer sk-test-123"
+
+
+def rate_limited(**headers):
+    import httpx
+    import openai
+
+    response = httpx.Response(429, headers=headers, request=httpx.Request("POST", "http://127.0.0.1/v1"))
+    return openai.RateLimitError("slow down", response=response, body=None)
+
+
+def test_retry_after_forms_and_cap():
+    from email.utils import formatdate
+
+    from autoprune.agent.llm import retry_after_seconds, wait_before_retry
+
+    assert retry_after_seconds(rate_limited(**{"retry-after": "2.5"})) == 2.5
+    assert retry_after_seconds(rate_limited(**{"retry-after-ms": "1500", "retry-after": "9"})) == 1.5
+    assert 8 <= retry_after_seconds(rate_limited(**{"retry-after": formatdate(time.time() + 10, usegmt=True)})) <= 10
+    assert retry_after_seconds(rate_limited(**{"retry-after": "-5"})) == 0.0
+    assert retry_after_seconds(rate_limited(**{"retry-after": "whenever"})) is None
+    assert retry_after_seconds(rate_limited()) is None and retry_after_seconds(ValueError("x")) is None
+    assert wait_before_retry(rate_limited(**{"retry-after": "3600"}), 0, base=1.0, cap=30.0) == 30.0
+    assert wait_before_retry(rate_limited(**{"retry-after": "2"}), 0, base=1.0, cap=30.0) == 2.0
+    assert 0.5 <= wait_before_retry(rate_limited(), 0, base=1.0, cap=30.0) <= 1.0     # the jittered backoff
+
+
+def test_failed_call_reaches_the_on_call_hook_with_its_error(serve):
+    server = serve((503, {"error": {"message": "overloaded"}}, 0))
+    seen = []
+    llm = client(server, max_retries=1, on_call=lambda req, resp: seen.append((req, resp)))
+    with pytest.raises(LLMError) as err:
+        llm.chat(MESSAGES, node="reflect")
+    (req, resp), = seen
+    assert req["node"] == "reflect" and resp["error"] == str(err.value) and resp["text"] == ""
+    assert llm.failures == 1 and llm.usage_by_node() == {}

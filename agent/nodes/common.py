@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from autoprune.agent.archive import read_source
 from autoprune.agent.expression import expression_of
 from autoprune.agent.insights import InsightGraph
+from autoprune.agent.llm import LLMRequestRefused
 from autoprune.agent.llm_journal import Exchange
 from autoprune.agent.services import AgentServices
 from autoprune.agent.state import AgentState, add_timing
+from autoprune.errors import LLMError
 
 NODE_SEED_OFFSETS = {"analyse": 1, "hypothesise": 2, "write_code": 3, "reflect": 4}
 # Replies asked for are short (bullets, one line, one expression): a CPU-served model should not ramble on.
@@ -30,12 +33,28 @@ def llm_seed(services: AgentServices, state: AgentState, node: str, attempt: int
             + NODE_SEED_OFFSETS.get(node, 0) * 10 + attempt)
 
 
+@dataclass
+class FailedExchange(Exchange):
+    """The LLM call failed after the client's retries: empty text, and why."""
+
+    error: str = ""
+
+
 def ask(services: AgentServices, state: AgentState, node: str, *, attempt: int = 0,
         template: str | None = None, **context: Any) -> tuple[Exchange, dict]:
-    """Render the node's prompt, call the LLM once, and return (exchange, accounting update)."""
+    """Render the node's prompt, call the LLM once, and return (exchange, accounting update).
+    A call that failed after the client's retries comes back as a `FailedExchange` (the node falls
+    back on empty text) and still counts against the LLM call cap, so a dead endpoint ends the search;
+    a refused request (bad key, unknown model) stops the run with its one line."""
     messages = services.prompts.render(template or node, **prompt_context(services, state), **context)
-    exchange = services.llm.chat(messages, node=node, seed=llm_seed(services, state, node, attempt),
-                                 max_tokens=max_tokens_for(services, node))
+    try:
+        exchange = services.llm.chat(messages, node=node, seed=llm_seed(services, state, node, attempt),
+                                     max_tokens=max_tokens_for(services, node))
+    except LLMRequestRefused:
+        raise                   # a bad key or model name: the user's to fix, not worth the whole search
+    except LLMError as exc:
+        services.trace.emit("note", text=f"{node}: LLM call failed, the node falls back: {exc}")
+        exchange = FailedExchange(text="", prompt_tokens=0, completion_tokens=0, seconds=0.0, error=str(exc))
     tokens = dict(state.get("tokens", {"prompt": 0, "completion": 0}))
     tokens["prompt"] = tokens.get("prompt", 0) + exchange.prompt_tokens
     tokens["completion"] = tokens.get("completion", 0) + exchange.completion_tokens

@@ -4,7 +4,9 @@
 host. Serial runs send one candidate per visit, so the checkpoint after this node
 holds its verdict: a kill loses at most the candidate in flight. Parallel runs
 (`--executor local|ray`) send the queue as one batch to the executor's workers,
-which also measure level-0 fitness; the host still checks every mask. LLM candidates count against
+which also measure level-0 fitness; the host verifies every mask again and spot-checks that
+fitness (`executors.check_on_host`). Whatever raises on the host for one candidate becomes its
+"crashed" verdict, so a run never stays stuck on it. LLM candidates count against
 `--budget` when sent; seeds do not. A failure keeps its exact message for the
 repair turn of write_code.
 """
@@ -12,6 +14,7 @@ repair turn of write_code.
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +24,8 @@ from autoprune.agent.archive import read_source
 from autoprune.agent.mask_files import differing_fraction, load_packed, save_masks
 from autoprune.agent.services import AgentServices, SandboxOutcome
 from autoprune.agent.state import AgentState, add_count, add_timing, is_search_candidate, with_candidate
-from autoprune.errors import MaskError
-from autoprune.pruning.masks import pack_mask, unpack_mask
+from autoprune.errors import AutopruneError, MaskError
+from autoprune.pruning.masks import pack_mask
 
 
 def check_masks(outcome: SandboxOutcome, services: AgentServices) -> None:
@@ -86,9 +89,29 @@ def verify(state: AgentState, services: AgentServices) -> dict:
     step = VerifyStep(state, services, queue=queue[1:])
     if step.may_send(cid):
         record = state["candidates"][cid]
-        step.record(cid, services.sandbox.run(read_source(services.run_dir, record),
-                                              layer_sparsity=services.sandbox.uniform_sparsity()))
+        step.record(cid, sandbox_outcome(lambda: services.sandbox.run(
+            read_source(services.run_dir, record), layer_sparsity=services.sandbox.uniform_sparsity())))
     return step.update
+
+
+def host_failure(exc: Exception) -> SandboxOutcome:
+    """The failed verdict of a candidate whose run raised on the host: recorded like any verdict, so
+    the run goes on (and `--resume` does not retry it forever)."""
+    message = (f"the host failed while running this candidate ({type(exc).__name__}: {str(exc)[:300]}); "
+               "this is a bug in autoprune-agent, not in the candidate")
+    return SandboxOutcome(status="crashed", message=message, timings={}, masks=None, profile=None,
+                          group="row", seconds=0.0)
+
+
+def sandbox_outcome(run) -> SandboxOutcome:
+    """`run()`, or its failure as this candidate's verdict. A broken setup (AutopruneError: no engine,
+    no image) still stops the run: every candidate would fail the same way."""
+    try:
+        return run()
+    except AutopruneError:
+        raise
+    except Exception as exc:   # noqa: BLE001 - one candidate must never leave the run stuck
+        return host_failure(exc)
 
 
 def verify_batch(state: AgentState, services: AgentServices) -> dict:
@@ -102,23 +125,34 @@ def verify_batch(state: AgentState, services: AgentServices) -> dict:
         if step.may_send(cid, already_sent=llm_sent):
             tasks.append(EvaluationTask(cid, read_source(services.run_dir, state["candidates"][cid]), level=0))
             llm_sent += is_search_candidate(state["candidates"][cid])
-    for result in services.executor.map(tasks) if tasks else []:
-        outcome = SandboxOutcome(status=result.status, message=result.message, timings=result.timings,
-                                 masks=unpacked(result.packed_masks, services) if result.packed_masks else None,
-                                 profile=None, group=result.group, seconds=result.sandbox_s)
-        if step.record(result.candidate_id, outcome) == "ok":
-            services.fitness.prime(result.candidate_id, result.nlls)   # evaluate finds level 0 done
-            step.merge(timings=add_timing(step.view, "fitness", result.fitness_s))
+    for task, result in zip(tasks, services.executor.map(tasks) if tasks else []):
+        outcome = sandbox_outcome(lambda: checked_outcome(result, task, services))
+        if step.record(task.candidate_id, outcome) == "ok":   # level-0 NLLs are in the fitness cache
+            step.merge(timings=add_timing(step.view, "fitness", finite_seconds(result.fitness_s)))
     return step.update
 
 
-def unpacked(packed: dict[str, bytes], services: AgentServices) -> dict[str, torch.Tensor]:
-    """A worker's bit-packed masks back to bool tensors (then checked like any sandbox output)."""
-    shapes = {spec.name: tuple(spec.shape) for spec in services.sandbox.bundle.layers}
-    try:
-        return {name: unpack_mask(data, shapes[name]) for name, data in packed.items()}
-    except (KeyError, MaskError) as exc:
-        raise MaskError(f"worker returned masks that do not fit the bundle: {exc}") from None
+def finite_seconds(value) -> float:
+    """A duration a worker reported, as a number the trace can hold (0 when it is not one)."""
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
+
+
+def checked_outcome(result, task, services: AgentServices) -> SandboxOutcome:
+    """A worker's result after the host's own checks (masks verified, fitness spot-checked);
+    nothing of it is used unchecked, its timings included."""
+    from autoprune.agent.executors import HostChecked, check_on_host
+    from autoprune.sandbox.verdict import ScoringRequest
+
+    runner = services.sandbox
+    request = ScoringRequest(sparsity=runner.uniform_sparsity(), pattern=runner.pattern)
+    if result.candidate_id != task.candidate_id:
+        checked = HostChecked("invalid-output", "the worker answered another task")
+    else:
+        checked = check_on_host(result, task.source, runner.bundle, request, services.fitness, level=0)
+    timings = {str(k)[:64]: finite_seconds(v) for k, v in dict(result.timings).items()}
+    return SandboxOutcome(status=checked.status, message=checked.message, timings=timings, masks=checked.masks,
+                          profile=None, group=result.group if checked.masks else "row",
+                          seconds=finite_seconds(result.sandbox_s))
 
 
 class VerifyStep:

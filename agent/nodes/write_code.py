@@ -17,7 +17,7 @@ from autoprune.agent.archive import (already_tested, candidate_path, metric_fing
 from autoprune.agent.codegen import candidate_from_reply
 from autoprune.agent.expression import CandidateFormatError, expression_of, wrap_expression
 from autoprune.agent.mutation import untested_mutation
-from autoprune.agent.nodes.common import ask
+from autoprune.agent.nodes.common import FailedExchange, ask
 from autoprune.agent.services import AgentServices
 from autoprune.agent.state import AgentState, CandidateRecord, candidate_id, with_candidate
 
@@ -39,6 +39,8 @@ def write_code(state: AgentState, services: AgentServices) -> dict:
         exchange, accounting = ask(services, state, "write_code", attempt=attempt, hypothesis=statement)
     origin = "llm"
     try:
+        if isinstance(exchange, FailedExchange):
+            raise CandidateFormatError(f"the LLM call failed, nothing was written ({exchange.error})")
         source = candidate_from_reply(exchange.text, style, hypothesis=statement)
         try:
             duplicate_check(state, services, source)

@@ -10,7 +10,7 @@ import json
 import random
 import time
 
-from autoprune.agent.llm import LLMBudgetExceeded
+from autoprune.agent.llm import LLMBudgetExceeded, LLMRequestRefused
 from autoprune.agent.rates.edits import apply_edit, looks_like_edit, parse_edit
 from autoprune.agent.rates.evolution import fallback_offspring, is_duplicate, rank, survivors
 from autoprune.agent.rates.services import RatesServices
@@ -107,7 +107,7 @@ def propose(state: RatesState, s: RatesServices) -> dict:
         cap = s.llm_max_tokens if s.proposal == "vector" else min(s.llm_max_tokens, EDIT_MAX_TOKENS)
         reply = s.llm.chat(messages, node="propose", temperature=s.temperature, max_tokens=cap,
                            seed=s.seed + 1000 * state.get("evaluated", 0) + attempts)
-    except LLMBudgetExceeded:
+    except (LLMBudgetExceeded, LLMRequestRefused):
         raise
     except LLMError as exc:                       # a dead endpoint must not stop the search
         s.trace.emit("note", text=f"LLM call failed: {exc}")

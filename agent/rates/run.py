@@ -14,18 +14,20 @@ import time
 from importlib.resources import files
 from typing import Iterator
 
+from autoprune.agent.checkpoints import CHECKPOINTS, checked_state, project_checkpointer
 from autoprune.agent.llm import LLMClient
+from autoprune.agent.llm_journal import JournaledLLM
 from autoprune.agent.rates.config import RatesConfig
 from autoprune.agent.rates.finale import make_finalizer
 from autoprune.agent.rates.graph import build_graph
 from autoprune.agent.rates.services import RatesServices
 from autoprune.agent.rates.setup import SearchInputs, allocator_seeds, prepare_search
-from autoprune.agent.rates.state import OUTCOMES
+from autoprune.agent.rates.state import OUTCOMES, RatesState
+from autoprune.agent.services import RunTrace
 from autoprune.agent.trace import TraceWriter
 from autoprune.errors import BadInputError
 from autoprune.models import LoadedModel
 
-CHECKPOINTS = "checkpoints.sqlite"
 
 
 def rates_prompt_set():
@@ -50,12 +52,17 @@ def llm_endpoint(config: RatesConfig, *, given: bool = False) -> Iterator[tuple[
         yield server.base_url, server.model, True
 
 
-def traced_llm(base_url: str, model: str, trace: TraceWriter, timeout: float) -> LLMClient:
-    def on_call(request: dict, response: dict) -> None:
-        trace.emit("llm_request", node=request["node"], messages=request["messages"], seed=request.get("seed"))
-        trace.emit("llm_response", node=request["node"], **response)
+class RatesTrace(RunTrace):
+    """The search's trace with at-most-once events across resumes: a node re-run after a kill
+    announces, judges and scores a member once (a rejected proposal: one verdict per attempt)."""
 
-    return LLMClient(base_url, model, timeout=timeout, max_retries=2, on_call=on_call)
+    ONCE_KEYS = {**RunTrace.ONCE_KEYS, "verdict": ("id", "status", "attempt")}
+
+
+def traced_llm(base_url: str, model: str, trace: RunTrace, timeout: float, run_dir) -> JournaledLLM:
+    """The endpoint behind the run's LLM journal: a proposal asked again after a kill is answered
+    from the journal, not paid twice; the journal traces every exchange, a failed one too."""
+    return JournaledLLM(LLMClient(base_url, model, timeout=timeout, max_retries=2), run_dir, trace)
 
 
 def check_run_dir(config: RatesConfig) -> None:
@@ -92,13 +99,15 @@ def announce_run(config: RatesConfig, inputs: SearchInputs, trace: TraceWriter, 
 
 
 def drive(services: RatesServices, conn: sqlite3.Connection, thread_id: str) -> dict:
-    from langgraph.checkpoint.sqlite import SqliteSaver
-
-    graph = build_graph(services, checkpointer=SqliteSaver(conn))
+    graph = build_graph(services, checkpointer=project_checkpointer(conn))
     thread = {"configurable": {"thread_id": thread_id}, "recursion_limit": 100_000}
     snapshot = graph.get_state(thread)
-    if snapshot.values and not snapshot.next:
-        return dict(snapshot.values)            # finished already
+    if snapshot.values:
+        checked_state(snapshot.values, RatesState)
+    # Finished already. (`next` alone is empty too when a kill came after a node's writes were
+    # saved but before the next checkpoint: that node's task is still in `tasks`.)
+    if snapshot.values and not snapshot.next and not snapshot.tasks:
+        return dict(snapshot.values)
     for member in (snapshot.values or {}).get("history", []):
         services.prime(member["rates"], member["fitness"])
     graph_input = None if snapshot.values else {"run_id": thread_id}
@@ -128,10 +137,10 @@ def run_rates_search(config: RatesConfig, *, loaded: LoadedModel | None = None, 
     check_run_dir(config)
     if not config.resume:
         (config.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    trace = TraceWriter(config.run_dir)
+    trace = RatesTrace(config.run_dir)
     inputs = prepare_search(config, loaded)
     with llm_endpoint(config, given=llm is not None) as endpoint:
-        llm = llm or traced_llm(endpoint[0], endpoint[1], trace, config.llm_timeout_s)
+        llm = llm or traced_llm(endpoint[0], endpoint[1], trace, config.llm_timeout_s, config.run_dir)
         announce_run(config, inputs, trace, endpoint)
         services = make_services(config, inputs, llm, trace, config.proposal_for(embedded_llm=endpoint[2]))
         conn = sqlite3.connect(config.run_dir / CHECKPOINTS, check_same_thread=False)
@@ -140,7 +149,8 @@ def run_rates_search(config: RatesConfig, *, loaded: LoadedModel | None = None, 
         finally:
             conn.close()
     summary = summarize(config, inputs, state, time.perf_counter() - started)
-    summary["llm_usage"] = llm.usage_by_node() if hasattr(llm, "usage_by_node") else {}
+    client = getattr(llm, "client", llm)           # the journal's endpoint client
+    summary["llm_usage"] = client.usage_by_node() if hasattr(client, "usage_by_node") else {}
     (config.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     trace.emit("run_finished", summary=summary)
     return summary

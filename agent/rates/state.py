@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import NotRequired, Optional, TypedDict
+from typing import NotRequired, Optional
+
+from typing_extensions import TypedDict  # pydantic validates it on 3.11 (agent/checkpoints.py)
 
 # How an offspring came to be (the counts the report states).
 OUTCOMES = ("as_is", "projected", "llm_edit", "llm_repaired", "fallback")

@@ -12,6 +12,7 @@ import sys
 import typer
 
 from autoprune.errors import AutopruneError
+from autoprune.safe_text import terminal_safe
 
 app = typer.Typer(name="autoprune-agent", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False,
@@ -24,13 +25,25 @@ def register_commands() -> None:
     from autoprune.cli import rates_cmd  # noqa: F401
 
 
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+class TerminalSafeFormatter(logging.Formatter):
+    """Log records may quote candidate or LLM text: no escape sequence reaches the terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal_safe(super().format(record))
+
+
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(TerminalSafeFormatter(LOG_FORMAT))
     register_commands()
     try:
         app(args=argv, standalone_mode=False)
     except AutopruneError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {terminal_safe(exc)}", err=True)
         sys.exit(exc.exit_code)
     except (typer.Exit, SystemExit) as exc:
         sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))

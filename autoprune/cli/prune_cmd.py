@@ -14,7 +14,7 @@ from autoprune.cli import app
 
 @app.command("prune")
 def prune(
-    method: str = typer.Option(..., help="wanda | magnitude | sparsegpt | ria | pruner-zero | FILE.py"),
+    method: str = typer.Option(..., help="wanda | magnitude | sparsegpt | alps | ria | pruner-zero | FILE.py"),
     sparsity: float = typer.Option(..., help="target fraction of weights removed, in (0, 1)"),
     pattern: str = typer.Option("unstructured", help="unstructured | 2:4 | 4:8 (N:M)"),
     allocation: str = typer.Option("uniform", help="uniform | owl | sdsa (layer-wise sparsity)"),
@@ -24,7 +24,8 @@ def prune(
     seqlen: int = typer.Option(512, help="tokens per window"),
     eval_windows: Optional[int] = typer.Option(None, help="test windows for perplexity (default: all)"),
     mode: str = typer.Option("sequential", help="sequential | one-shot calibration"),
-    reconstruct: bool = typer.Option(False, "--reconstruct", help="OBS update of surviving weights"),
+    reconstruct: str = typer.Option("none", "--reconstruct",
+                                     help="weights for the mask: none | obs (OBS update) | exact (least-squares optimum)"),
     seed: int = typer.Option(0, help="calibration sampling seed"),
     out: Optional[str] = typer.Option(None, help="export the pruned model (safetensors) here"),
     sandbox: str = typer.Option("docker", help="sandbox backend for FILE.py: docker | process"),
@@ -38,11 +39,29 @@ def prune(
                          model=model, data=data, nsamples=nsamples, seqlen=seqlen, eval_windows=eval_windows,
                          mode=mode, reconstruct=reconstruct, seed=seed, out=out, sandbox=sandbox,
                          progress=not as_json)
+    if config.is_candidate_file:
+        gate_candidate_file(config.method)      # milliseconds, before the model is even loaded
     result = run_prune_job(config)
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
     else:
         print_prune_result(result)
+
+
+def gate_candidate_file(path: str) -> None:
+    """The sandbox's static gate on a candidate file: a rejected file costs no model load."""
+    from pathlib import Path
+
+    from autoprune.errors import BadInputError
+    from autoprune.sandbox.gate import check_source
+
+    try:
+        source = Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"candidate {path}: cannot read it ({exc})") from None
+    gate = check_source(source)
+    if not gate.ok:
+        raise BadInputError(f"candidate {path}: rejected-static: " + " ".join(gate.message.split()))
 
 
 @app.command("eval")
@@ -85,7 +104,8 @@ def print_prune_result(result: dict) -> None:
             ("target sparsity", fmt(result["target_sparsity"], 4)),
             ("measured sparsity", fmt(result["overall_sparsity"], 4)),
             ("block sparsity", " ".join(f"{s:.3f}" for s in result["block_sparsity"])),
-            ("mode", result["mode"] + (" + OBS reconstruction" if result["reconstruct"] else "")),
+            ("mode", result["mode"] + ("" if result["reconstruct"] == "none"
+                                       else f" + {result['reconstruct']} reconstruction")),
             ("prune time (s)", fmt(result["timings"]["total_s"], 1)),
             ("peak memory (MiB)", fmt(result["peak_rss_mb"], 0)),
             ("calibration", result["protocol"]["calibration"]), ("test", result["protocol"]["test"])]

@@ -9,8 +9,10 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from autoprune.cli import app
+from autoprune.safe_text import terminal_safe
 
 
 @app.command("search-rates")
@@ -77,7 +79,8 @@ def print_summary(summary: dict) -> None:
     for column in ("variant", "params kept", "val ppl", "test ppl", "tokens/s", "speedup"):
         table.add_column(column)
     for label, v in final.get("test", {}).items():
-        table.add_row(label, f"{v.get('params_fraction', 1.0):.3f}", f"{v['ppl_validation']:.2f}" if v.get("ppl_validation") else "-",
+        table.add_row(Text(terminal_safe(label, keep_newlines=False)), f"{v.get('params_fraction', 1.0):.3f}",
+                      f"{v['ppl_validation']:.2f}" if v.get("ppl_validation") else "-",
                       f"{v['test_ppl']:.2f}", f"{v['tokens_per_s']:.0f}", f"{v.get('speedup', 1.0):.2f}x")
     console.print(table)
     if final.get("without_refit"):
@@ -86,4 +89,5 @@ def print_summary(summary: dict) -> None:
     console.print(f"offspring: {summary['outcomes']}  (as_is/projected = the LLM's vector used, "
                   f"llm_repaired = after a repair turn, fallback = trusted code)")
     if final.get("export"):
-        console.print(f"pruned model: {final['export']} (load with autoprune.pruning.structured.load_structured_model)")
+        console.print(Text(f"pruned model: {terminal_safe(final['export'])} "
+                           "(load with autoprune.pruning.structured.load_structured_model)"))

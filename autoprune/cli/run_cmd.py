@@ -9,8 +9,10 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from autoprune.cli import app
+from autoprune.safe_text import terminal_safe
 
 
 @app.command("run")
@@ -21,7 +23,7 @@ def run(
     pattern: str = typer.Option("unstructured", help="unstructured | 2:4 (N:M)"),
     llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint (default: embedded LLM)"),
     llm_model: Optional[str] = typer.Option(None, help="model name at --llm-base-url"),
-    sandbox: str = typer.Option("docker", help="docker | process (process: no container isolation)"),
+    sandbox: Optional[str] = typer.Option(None, help="docker (default) | process (process: no container isolation)"),
     gpus: Optional[str] = typer.Option(None, help="all | 0,1 (default: CPU)"),
     data: Optional[str] = typer.Option(None, help="data folder, 'wikitext2' (hub) or 'self'"),
     out: Optional[Path] = typer.Option(None, help="run folder (default: runs/<time>-s<seed>)"),
@@ -50,8 +52,10 @@ def run(
     from autoprune.agent.config import make_config
     from autoprune.agent.run import run_agent
 
-    if resume is not None:
-        summary = run_agent(resume=resume, live=not as_json)
+    if resume is not None:       # what decides where prompts go and how candidates run is confirmed here
+        confirm = {"llm_base_url": llm_base_url, "llm_model": llm_model, "sandbox": sandbox, "gpus": gpus,
+                   "executor": executor, "ray_address": ray_address}
+        summary = run_agent(resume=resume, live=not as_json, confirm=confirm)
     else:
         levels = [int(v) for v in fitness_levels.split(",")] if fitness_levels else None
         config = make_config(budget=budget, model=model, sparsity=sparsity, pattern=pattern,
@@ -75,7 +79,7 @@ def fmt(value) -> str:
 
 
 def print_summary(s: dict) -> None:
-    table = Table(title=f"run {s['run_id']}", show_header=False)
+    table = Table(title=Text(f"run {terminal_safe(s['run_id'], keep_newlines=False)}"), show_header=False)
     best = s.get("best") or {}
     rows = [("best candidate", f"{best.get('id', '-')} ({best.get('hypothesis', '')})"),
             ("best validation ppl", fmt(best.get("fitness"))), ("Wanda, same windows", fmt(s.get("wanda_fitness"))),
@@ -86,6 +90,6 @@ def print_summary(s: dict) -> None:
              ("time (s)", ", ".join(f"{k} {v:.1f}" for k, v in s.get("timings", {}).items())),
              ("tokens", f"{s['tokens'].get('prompt', 0)} prompt + {s['tokens'].get('completion', 0)} completion"),
              ("report", fmt(s.get("report"))), ("pruned model", fmt(s.get("export")))]
-    for key, value in rows:
-        table.add_row(key, value)
+    for key, value in rows:      # hypothesis names come from the LLM: plain text, never markup
+        table.add_row(key, Text(terminal_safe(value, keep_newlines=False)))
     Console().print(table)

@@ -30,15 +30,17 @@ def build(force: bool = typer.Option(False, "--force", help="rebuild even if the
 
 @sandbox_app.command("check")
 def check(as_json: bool = typer.Option(False, "--json", help="print the results as JSON")) -> None:
-    """Run hostile probes through the real container and show what holds (exit 1 if any fails)."""
+    """Run hostile probes through the real container (and the process backend's namespaces)
+    and show what holds (exit 1 if any fails)."""
     from autoprune.sandbox.selfcheck import self_check
 
     console = Console(stderr=True)
     with console.status("probing the sandbox") as status:
         results = self_check(on_result=lambda r: status.update(f"probed {r.probe.name}"))
     if as_json:
-        typer.echo(json.dumps([{"probe": r.probe.name, "expect": r.probe.expect,
-                                "status": r.verdict.status, "holds": r.holds,
+        typer.echo(json.dumps([{"probe": r.probe.name, "backend": r.probe.backend,
+                                "expect": r.probe.expect, "status": r.verdict.status,
+                                "holds": r.holds, "breach": r.breach,
                                 "seconds": round(r.verdict.timings.get("total", 0.0), 2)}
                                for r in results], indent=2))
     else:

@@ -12,6 +12,7 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import get_lexer_by_name
 
 from autoprune.reports.document import Code, Document, Figure, Para, Table
+from autoprune.safe_text import terminal_safe
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
@@ -24,7 +25,7 @@ figcaption { font-style: italic; color: #555; } code { background: #f4f4f4; padd
 
 def inline(text: str) -> str:
     """Escape text and turn `code spans` into <code> (the only inline markup reports use)."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(terminal_safe(text)))
 
 
 def embed_png(path: Path) -> str:
@@ -39,7 +40,7 @@ def render_block(block, images: dict[str, Path]) -> str:
         body = "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in row) + "</tr>" for row in block.rows)
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     if isinstance(block, Code):
-        return highlight(block.text, get_lexer_by_name(block.language), HtmlFormatter())
+        return highlight(terminal_safe(block.text), get_lexer_by_name(block.language), HtmlFormatter())
     if isinstance(block, Figure):
         return (f'<figure><img alt="{html.escape(block.caption)}" src="{embed_png(images[block.name])}">'
                 f"<figcaption>{inline(block.caption)}</figcaption></figure>")

@@ -186,7 +186,7 @@ class RunViewBuilder:
             if event.get(key) is not None:
                 value = event[key]
                 if key == "hypothesis" and isinstance(value, dict):
-                    value = value.get("name", "")
+                    value = str(value.get("name") or "")
                 setattr(cand, key, value)
 
     def _verdict(self, event: dict) -> None:

@@ -12,6 +12,24 @@ from pathlib import Path
 from typing import Any, Optional
 
 
+MAX_SOURCE_BYTES = 1 << 20
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def file_inside(run_dir: Path, rel: str) -> Optional[Path]:
+    """`run_dir/rel` when it is a regular file inside the run folder once every link is resolved.
+    Paths come from the trace: `../`, absolute paths and symlinks leading out are refused."""
+    try:
+        root = Path(run_dir).resolve()
+        path = (root / rel).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return path if path.is_relative_to(root) and path.is_file() else None
+
+
 @dataclass
 class FitnessPoint:
     level: int
@@ -113,7 +131,8 @@ class RunView:
         for source in (self.final, self.summary):
             if source and source.get("winner"):
                 winner = source["winner"]
-                return winner.get("candidate_id") or winner.get("id") if isinstance(winner, dict) else str(winner)
+                cid = winner.get("candidate_id") or winner.get("id") if isinstance(winner, dict) else winner
+                return str(cid) if cid is not None else None
         ranked = self.ranked_candidates()
         return ranked[0].id if ranked else None
 
@@ -165,15 +184,17 @@ class RunView:
         return {"llm": llm, "sandbox": sandbox, "fitness": fitness}
 
     def candidate_source(self, cid: str) -> Optional[str]:
-        """The candidate's code: from the trace, else from its file in the run folder."""
+        """The candidate's code: from the trace, else from its file in the run folder (never outside it)."""
         cand = self.candidates.get(cid)
         if cand is None:
             return None
         if cand.source:
             return cand.source
         for rel in (cand.path, f"candidates/{cid}.py"):
-            if rel and (self.run_dir / rel).is_file():
-                return (self.run_dir / rel).read_text(encoding="utf-8", errors="replace")
+            path = file_inside(self.run_dir, rel) if rel else None
+            if path is not None:
+                with path.open("rb") as fh:
+                    return fh.read(MAX_SOURCE_BYTES).decode("utf-8", errors="replace")
         return None
 
     def block_sparsities(self) -> dict[str, list[float]]:
@@ -181,18 +202,18 @@ class RunView:
         final = self.final or {}
         found: dict[str, list[float]] = {}
         for name, value in (final.get("allocations") or {}).items():
-            if isinstance(value, list):
+            if isinstance(value, list) and all(is_number(v) for v in value):
                 found[name] = [float(v) for v in value]
         for name in ("owl", "sdsa"):
             block = final.get(name)
             variants = [k for k in found if k.split("(")[0] == name]      # e.g. "sdsa(λ=0.04)"
             if not variants and isinstance(block, dict):
                 for key in ("sparsities", "per_block", "blocks", "block_sparsity"):
-                    if isinstance(block.get(key), list):
+                    if isinstance(block.get(key), list) and all(is_number(v) for v in block[key]):
                         found[name] = [float(v) for v in block[key]]
                         break
         target = self.config.get("sparsity")
-        if found and "uniform" not in found and target is not None:
+        if found and "uniform" not in found and is_number(target):
             found = {"uniform": [float(target)] * len(next(iter(found.values()))), **found}
         return found
 

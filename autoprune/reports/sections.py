@@ -169,7 +169,9 @@ def zeroshot_blocks(zeroshot: Any) -> list:
     tasks = sorted({t for scores in zeroshot["results"].values() if isinstance(scores, dict) for t in scores})
     rows = []
     for task in tasks:
-        cells = [zeroshot["results"][v].get(task, {}) for v in variants]
+        cells = [zeroshot["results"][v].get(task) if isinstance(zeroshot["results"][v], dict) else None
+                 for v in variants]
+        cells = [c if isinstance(c, dict) else {} for c in cells]
         n = next((c.get("n") for c in cells if c.get("n")), "")
         rows.append([f"{task} (n={n})"] + [fmt(c.get("acc"), 3) for c in cells])
     return [Table(["zero-shot accuracy (lm-eval)"] + variants, rows),

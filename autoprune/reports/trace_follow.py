@@ -10,9 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autoprune.agent.trace import TRACE_FILE, parse_event
+from autoprune.agent.trace import TRACE_FILE
+from autoprune.agent.trace_events import MAX_LINE_BYTES, parse_line
 from autoprune.reports.run_data import RunViewBuilder, check_run_dir, read_config
 from autoprune.reports.run_model import RunView
+
+
+READ_CHUNK = 4 * MAX_LINE_BYTES      # read at a time: memory stays bounded whatever the file holds
 
 
 @dataclass
@@ -27,31 +31,49 @@ class TraceFollower:
         self.path = path / TRACE_FILE if path.is_dir() else path
         self._offset = 0
         self._line_number = 0
+        self._skipping = False           # inside a line longer than MAX_LINE_BYTES: drop up to its newline
         self.partial_tail = b""          # bytes after the last newline (a line being written, or cut)
 
     def poll(self) -> TracePoll:
-        """Events from complete lines written since the previous poll."""
+        """Events from complete lines written since the previous poll, read READ_CHUNK bytes at a time."""
         result = TracePoll()
         if not self.path.is_file():
             return result
         if self.path.stat().st_size < self._offset:      # file replaced or truncated: start again
-            self._offset, self._line_number = 0, 0
+            self._offset, self._line_number, self._skipping = 0, 0, False
         with self.path.open("rb") as fh:
-            fh.seek(self._offset)
-            chunk = fh.read()
+            while True:
+                fh.seek(self._offset)
+                chunk = fh.read(READ_CHUNK)
+                self._take_chunk(chunk, result)
+                if len(chunk) < READ_CHUNK:
+                    return result
+
+    def _take_chunk(self, chunk: bytes, result: TracePoll) -> None:
         end = chunk.rfind(b"\n")
         complete, self.partial_tail = (chunk[: end + 1], chunk[end + 1:]) if end >= 0 else (b"", chunk)
         self._offset += len(complete)
-        for raw in complete.splitlines():
-            self._line_number += 1
-            if not raw.strip():
-                continue
-            event = parse_event(raw.decode("utf-8", errors="replace"))
-            if event is None:
-                result.problems.append(f"{self.path.name}:{self._line_number}: skipped malformed line")
-            else:
-                result.events.append(event)
-        return result
+        for raw in complete.split(b"\n")[:-1]:
+            self._take(raw, result)
+        if len(self.partial_tail) > MAX_LINE_BYTES:       # a line too long to be a real event: skip it
+            if not self._skipping:
+                self._line_number += 1
+                result.problems.append(f"{self.path.name}:{self._line_number}: skipped malformed line "
+                                       f"(longer than {MAX_LINE_BYTES} bytes)")
+            self._skipping, self._offset, self.partial_tail = True, self._offset + len(self.partial_tail), b""
+
+    def _take(self, raw: bytes, result: TracePoll) -> None:
+        if self._skipping:               # the end of an oversized line, already reported
+            self._skipping = False
+            return
+        self._line_number += 1
+        if not raw.strip():
+            return
+        event, why = parse_line(raw) if len(raw) <= MAX_LINE_BYTES else (None, f"longer than {MAX_LINE_BYTES} bytes")
+        if event is None:
+            result.problems.append(f"{self.path.name}:{self._line_number}: skipped malformed line ({why})")
+        else:
+            result.events.append(event)
 
     def tail_notice(self) -> str | None:
         """A notice for a half-written last line, or None when the file ends cleanly."""

@@ -18,6 +18,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Footer, Header, Input, Label, Static, TabbedContent, TabPane, Tree
 
 from autoprune.reports.trace_follow import LiveRun
+from autoprune.safe_text import terminal_safe
 from autoprune.tui import views
 from autoprune.tui.insight_tree import fill_insight_tree
 from autoprune.tui.table_sync import add_columns, sync_rows
@@ -84,7 +85,7 @@ class ReplayApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.sub_title = str(self.live.run_dir)
+        self.sub_title = terminal_safe(self.live.run_dir, keep_newlines=False)
         add_columns(self.query_one("#timeline", DataTable), views.TIMELINE_COLUMNS)
         add_columns(self.query_one("#candidates", DataTable), views.CANDIDATE_COLUMNS)
         self.query_one("#ask", Input).display = False
@@ -127,7 +128,7 @@ class ReplayApp(App):
             fill_insight_tree(self.query_one("#insights", Tree), view.insight)
             self._shown_insight = view.insight
         notices = self.live.notices()
-        self.query_one("#notice", Static).update("\n".join(f"⚠ {n}" for n in notices))
+        self.query_one("#notice", Static).update(views.plain("\n".join(f"⚠ {n}" for n in notices)))
         self.query_one("#notice", Static).display = bool(notices)
         self.show_status()
 
@@ -136,9 +137,9 @@ class ReplayApp(App):
         state = "playing" if self.playing else "paused"
         follow = ", following the trace" if self.follow and view.status == "running" else ""
         where = f"step {self.step_index + 1}/{len(view.steps)}" if view.steps else "no steps yet"
-        self.query_one("#status", Static).update(
+        self.query_one("#status", Static).update(views.plain(
             f"{where} · run {view.status}{follow} · {state} at "
-            f"{SPEEDS[self.speed_index]:g} steps/s · {len(view.candidates)} candidates")
+            f"{SPEEDS[self.speed_index]:g} steps/s · {len(view.candidates)} candidates"))
 
     # -- selection -----------------------------------------------------------------------------------------
 
@@ -249,7 +250,7 @@ class ReplayApp(App):
     def jump_to_candidate(self, cid: str) -> None:
         view = self.live.view
         if cid not in view.candidates:
-            self.notify(f"no candidate {cid!r}", severity="warning")
+            self.notify(terminal_safe(f"no candidate {cid!r}"), severity="warning", markup=False)
             return
         first = next((s.index for s in view.steps if cid in s.candidate_ids), None)
         if first is not None:
@@ -267,4 +268,4 @@ class ReplayApp(App):
             if self.query_text in views.step_search_text(self.live.view, step):
                 self.action_jump_to(step.index)
                 return
-        self.notify(f"no step matches {self.query_text!r}", severity="warning")
+        self.notify(terminal_safe(f"no step matches {self.query_text!r}"), severity="warning", markup=False)

@@ -1,7 +1,9 @@
 """What the replay app shows, as rich renderables and table rows built from a RunView.
 
 Pure functions of the data (no textual here), so a Python user or a test can
-render the same panels without a terminal.
+render the same panels without a terminal. Everything shown comes from a trace
+(LLM replies, candidate code and errors): it goes through `terminal_safe` and is
+never read as Rich markup (`cell` for table cells, `Text` for panels).
 """
 
 from __future__ import annotations
@@ -15,11 +17,22 @@ from rich.table import Table
 from rich.text import Text
 
 from autoprune.reports.run_model import CandidateView, RunView, Step
+from autoprune.safe_text import terminal_safe
 
 TIMELINE_COLUMNS = ("#", "at", "node", "gen", "took", "what")
 CANDIDATE_COLUMNS = ("candidate", "gen", "hypothesis", "verdict", "level", "ppl", "rating")
 VERDICT_STYLE = {"ok": "green", None: "dim"}
 SUMMARY_CHARS = 72      # the timeline's "what" column; the panels show everything
+
+
+def cell(value: object) -> str:
+    """A one-line table cell: DataTable reads str cells as markup, so brackets are escaped."""
+    return escape(terminal_safe(value, keep_newlines=False))
+
+
+def plain(value: object) -> Text:
+    """Untrusted text as a renderable that is shown literally."""
+    return Text(terminal_safe(value))
 
 
 def fmt_number(value: Optional[float], digits: int = 2) -> str:
@@ -68,14 +81,15 @@ def timeline_row(view: RunView, step: Step) -> tuple[str, ...]:
     gen = "" if step.generation is None else str(step.generation)
     what = step_summary(view, step)
     what = what if len(what) <= SUMMARY_CHARS else what[: SUMMARY_CHARS - 1] + "…"
-    return (str(step.index + 1), f"+{at:.0f}s", step.node, gen, took, what)
+    return tuple(cell(v) for v in (str(step.index + 1), f"+{at:.0f}s", step.node, gen, took, what))
 
 
 def candidate_row(cand: CandidateView) -> tuple[str, ...]:
     point = cand.best_level
-    return (cand.id, "" if cand.generation is None else str(cand.generation), cand.hypothesis or "—",
-            cand.status or "pending", "" if point is None else str(point.level),
-            fmt_number(cand.ppl), fmt_number(cand.rating, 0))
+    return tuple(cell(v) for v in (cand.id, "" if cand.generation is None else str(cand.generation),
+                                   cand.hypothesis or "—", cand.status or "pending",
+                                   "" if point is None else str(point.level),
+                                   fmt_number(cand.ppl), fmt_number(cand.rating, 0)))
 
 
 def step_search_text(view: RunView, step: Step) -> str:
@@ -92,25 +106,27 @@ def step_search_text(view: RunView, step: Step) -> str:
 
 def prompt_renderable(step: Step) -> Text:
     if not step.exchanges:
-        return Text(f"No LLM call in step {step.index + 1} ({step.node}).", style="dim")
+        return Text(terminal_safe(f"No LLM call in step {step.index + 1} ({step.node})."), style="dim")
     text = Text()
     for n, ex in enumerate(step.exchanges, 1):
-        text.append(f"── call {n} ({ex.node}) ──\n", style="bold")
+        text.append(terminal_safe(f"── call {n} ({ex.node}) ──") + "\n", style="bold")
         for message in ex.messages:
-            text.append(f"[{message.get('role', '?')}]\n", style="cyan")
-            text.append(str(message.get("content", "")) + "\n\n")
+            role = message.get("role", "?") if isinstance(message, dict) else "?"
+            content = message.get("content", "") if isinstance(message, dict) else message
+            text.append(terminal_safe(f"[{role}]", keep_newlines=False) + "\n", style="cyan")
+            text.append(terminal_safe(content) + "\n\n")
     return text
 
 
 def response_renderable(step: Step) -> Text:
     if not step.exchanges:
-        return Text(f"No LLM call in step {step.index + 1} ({step.node}).", style="dim")
+        return Text(terminal_safe(f"No LLM call in step {step.index + 1} ({step.node})."), style="dim")
     text = Text()
     for n, ex in enumerate(step.exchanges, 1):
         tokens = f"{ex.prompt_tokens}+{ex.completion_tokens} tokens"
         took = f", {ex.seconds:.1f}s" if ex.seconds is not None else ""
         text.append(f"── response {n} ({tokens}{took}) ──\n", style="bold")
-        text.append((ex.text if ex.text is not None else "(waiting for the reply)") + "\n\n")
+        text.append(terminal_safe(ex.text if ex.text is not None else "(waiting for the reply)") + "\n\n")
     return text
 
 
@@ -119,24 +135,27 @@ def code_renderable(view: RunView, cid: Optional[str]):
         return Text("No candidate selected.", style="dim")
     source = view.candidate_source(cid)
     if source is None:
-        return Text(f"The code of {cid} is not in the trace nor in the run folder.", style="yellow")
+        return Text(terminal_safe(f"The code of {cid} is not in the trace nor in the run folder."), style="yellow")
     cand = view.candidates[cid]
-    title = Text(f"{cid}  hypothesis: {cand.hypothesis or '—'}" + (f"  repairs {cand.parent}" if cand.parent else ""),
+    title = Text(terminal_safe(f"{cid}  hypothesis: {cand.hypothesis or '—'}"
+                               + (f"  repairs {cand.parent}" if cand.parent else ""), keep_newlines=False),
                  style="bold")
-    return Group(title, Syntax(source, "python", line_numbers=True, word_wrap=True))
+    return Group(title, Syntax(terminal_safe(source), "python", line_numbers=True, word_wrap=True))
 
 
 def verdict_renderable(view: RunView, cid: Optional[str]) -> Text:
     cand = view.candidates.get(cid or "")
     if cand is None:
         return Text("No candidate selected.", style="dim")
-    text = Text.from_markup(f"[bold]{escape(cand.id)}[/]  verdict: ")
-    text.append(cand.status or "pending (not verified yet)", style=VERDICT_STYLE.get(cand.status, "bold red"))
+    text = Text(terminal_safe(cand.id, keep_newlines=False), style="bold")
+    text.append("  verdict: ")
+    text.append(terminal_safe(cand.status or "pending (not verified yet)", keep_newlines=False),
+                style=VERDICT_STYLE.get(cand.status, "bold red"))
     if cand.message:
         text.append("\n\nerror:\n", style="bold red")
-        text.append(cand.message)
+        text.append(terminal_safe(cand.message))
     if cand.timings:
-        text.append("\n\ntimings: " + ", ".join(f"{k} {float(v):.2f}s" for k, v in cand.timings.items()))
+        text.append(terminal_safe("\n\ntimings: " + ", ".join(f"{k} {float(v):.2f}s" for k, v in cand.timings.items())))
     for point in cand.fitness.values():
         text.append(f"\nfitness level {point.level}: ppl {fmt_number(point.ppl)} on {point.nwindows or '?'} windows")
     if cand.rating is not None:
@@ -159,7 +178,8 @@ def standings_renderable(view: RunView, step: Step):
     table = Table("rank", "candidate", "level", "rating", "ppl", "hypothesis", title="Tournament standings")
     for n, row in enumerate(standings, 1):
         rating, ppl = row.get("rating"), row.get("ppl")
-        table.add_row(str(row.get("rank", n)), str(row.get("id", row.get("candidate_id", "?"))),
-                      str(row.get("level", "")), fmt_number(rating if isinstance(rating, (int, float)) else None, 0),
-                      fmt_number(ppl if isinstance(ppl, (int, float)) else None), str(row.get("hypothesis") or ""))
+        table.add_row(*(Text(terminal_safe(v, keep_newlines=False)) for v in (
+            row.get("rank", n), row.get("id", row.get("candidate_id", "?")), row.get("level", ""),
+            fmt_number(rating if isinstance(rating, (int, float)) else None, 0),
+            fmt_number(ppl if isinstance(ppl, (int, float)) else None), row.get("hypothesis") or "")))
     return table
