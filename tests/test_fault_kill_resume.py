@@ -130,6 +130,12 @@ def llm_server():
         server.close()
 
 
+def paid_exchanges(events: list[dict]) -> Counter:
+    """Journal key -> how often that LLM exchange was paid for (answered by the server, not the journal)."""
+    return Counter(e["key"] for e in events if e["type"] == "llm_response" and not e.get("cached")
+                   and not e.get("error"))
+
+
 AGENT_POINTS = [
     KillPoint("a seed's verdict (sandbox done, checkpoint not yet)", at("verdict", id="seed-ria")),
     KillPoint("the hypothesis answered", at("llm_response", node="hypothesise")),
@@ -160,8 +166,7 @@ def test_agent_run_killed_at_six_points_resumes_to_the_end_with_nothing_twice(tm
     summary = next(e for e in events if e["type"] == "run_finished")["summary"]
     assert summary["budget_used"] == 2 and summary["best"]
     # no LLM exchange paid twice: a request asked again after a kill is answered from the journal
-    paid = Counter(e["key"] for e in events if e["type"] == "llm_response" and not e.get("cached")
-                   and not e.get("error"))
+    paid = paid_exchanges(events)
     assert max(paid.values()) == 1, paid
     journal = [json.loads(line) for line in (run_dir / "llm_journal.jsonl").read_text().splitlines() if line]
     assert len(journal) == len(paid) == len({j["key"] for j in journal})
@@ -204,6 +209,5 @@ def test_rate_search_killed_at_four_points_resumes_to_the_end_with_nothing_twice
     assert summary["evaluated"] == 3
     children = [e["id"] for e in events if e["type"] == "candidate" and not e["id"].startswith("seed-")]
     assert children == ["g1", "g2", "g3"]
-    paid = Counter(e["key"] for e in events if e["type"] == "llm_response" and not e.get("cached")
-                   and not e.get("error"))
+    paid = paid_exchanges(events)
     assert max(paid.values()) == 1 and len(server.served) == len(paid) and not server.errors, paid
