@@ -1,6 +1,7 @@
 """The elite archive: generation-0 seeds and the top-k candidates the prompts show.
 
-Seeds (Wanda, RIA, magnitude) are ordinary candidate source files under
+Seeds (Wanda, RIA, magnitude, and SparseGPT's OBS saliency when the run collected
+X.hinv_diag) are ordinary candidate source files under
 `candidates/`; they go through the same static gate, sandbox, fitness and
 tournament as LLM programs, count as generation 0 and not against `--budget`.
 Wanda is the reference every report compares the winner with.
@@ -9,15 +10,18 @@ Wanda is the reference every report compares the winner with.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 from autoprune.agent.expression import expression_of
 from autoprune.agent.rank_equivalence import rank_signature
 from autoprune.agent.state import AgentState, CandidateRecord
+from autoprune.pruning import contract
 from autoprune.sandbox.gate import declared_group
 
 WANDA_ID = "seed-wanda"
+SPARSEGPT_ID = "seed-sparsegpt"
 CANDIDATES_DIR = "candidates"
 
 SEED_SOURCES = {
@@ -43,12 +47,19 @@ GROUP = "layer"
 def score(W, X):
     return W.abs()
 ''',
+    SPARSEGPT_ID: '''"""SparseGPT (Frantar & Alistarh, 2023): the one-shot OBS saliency w² / [(XᵀX + λI)⁻¹]_jj."""
+
+
+def score(W, X):
+    return W**2 / X.hinv_diag
+''',
 }
 
 SEED_HYPOTHESES = {
     WANDA_ID: "wanda: a weight matters in proportion to |W| times the norm of the activation it multiplies",
     "seed-ria": "ria: relative importance within row and column, scaled by sqrt activation norm",
     "seed-magnitude": "magnitude: large weights matter, activations ignored",
+    SPARSEGPT_ID: "sparsegpt: a weight matters by the loss increase of removing it alone (OBS saliency)",
 }
 
 
@@ -56,50 +67,35 @@ def candidate_path(cid: str) -> str:
     return f"{CANDIDATES_DIR}/{cid}.py"
 
 
-def write_seeds(run_dir: Path) -> tuple[list[str], dict[str, CandidateRecord]]:
-    """Write the seed sources (idempotent) and return their ids and fresh records."""
+def seed_sources(**offered: bool) -> dict[str, str]:
+    """The seeds whose every X field the run offers (`offered`: `contract.available`'s flags)."""
+    names = {s.name for s in contract.available(**offered)}
+    return {cid: source for cid, source in SEED_SOURCES.items()
+            if set(re.findall(r"\bX\.(\w+)", source)) <= names}
+
+
+def write_seeds(run_dir: Path, **offered: bool) -> tuple[list[str], dict[str, CandidateRecord]]:
+    """Write the seed sources the run can score (idempotent) and return their ids and fresh records."""
     folder = Path(run_dir) / CANDIDATES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     records: dict[str, CandidateRecord] = {}
-    for cid, source in SEED_SOURCES.items():
+    sources = seed_sources(**offered)
+    for cid, source in sources.items():
         (folder / f"{cid}.py").write_text(source, encoding="utf-8")
         records[cid] = CandidateRecord(id=cid, generation=0, origin="seed", hypothesis=cid.removeprefix("seed-"),
                                        path=candidate_path(cid), parent=None, status="written", message="",
-                                       masks_path=None, nll={}, fitness=None, level=-1, reflection="")
-    return list(SEED_SOURCES), records
+                                       masks_path=None, nll={}, fitness=None, level=-1, reflection="",
+                                       fingerprint=metric_fingerprint(source))
+    return list(sources), records
 
 
 def read_source(run_dir: Path, record: Mapping) -> str:
     return (Path(run_dir) / record["path"]).read_text(encoding="utf-8")
 
 
-def select_elite(state: AgentState, k: int) -> list[str]:
+def select_elite(leaderboard: Sequence[str], k: int) -> list[str]:
     """Top-k of the leaderboard (only evaluated candidates are on it)."""
-    return list(state.get("leaderboard", []))[:k]
-
-
-def render_archive(state: AgentState, run_dir: Path, *, k: int, max_code_chars: int = 900) -> str:
-    """The elite as prompt text: rank, fitness, hypothesis, reflection and code."""
-    candidates = state.get("candidates", {})
-    blocks = []
-    for rank, cid in enumerate(state.get("archive", [])[:k], 1):
-        rec = candidates[cid]
-        fitness = rec.get("fitness")
-        head = f"#{rank} {cid} (generation {rec.get('generation', 0)}, "
-        head += f"perplexity {fitness:.2f} on {level_words(rec)})" if fitness is not None else "not evaluated)"
-        lines = [head, f"hypothesis: {rec.get('hypothesis') or '-'}"]
-        if rec.get("reflection"):
-            lines.append(f"reflection: {rec['reflection']}")
-        code = read_source(run_dir, rec).strip()
-        lines.append("code:\n" + (code if len(code) <= max_code_chars else code[:max_code_chars] + "\n# ..."))
-        blocks.append("\n".join(lines))
-    return "\n\n".join(blocks) if blocks else "The archive is empty."
-
-
-def level_words(record: Mapping) -> str:
-    level = record.get("level", -1)
-    n = len(record.get("nll", {}).get(str(level), []))
-    return f"fidelity level {level}, {n} windows"
+    return list(leaderboard)[:k]
 
 
 def metric_fingerprint(source: str) -> str:
@@ -108,7 +104,8 @@ def metric_fingerprint(source: str) -> str:
     `W.abs() * X.norm` share one fingerprint).
 
     Two sources with one fingerprint prune identically, so the second is not worth
-    a sandbox run: write_code sends it back to the LLM as "already tested".
+    a sandbox run: write_code sends it back to the LLM as "already tested". Computed once per
+    candidate, when it is written, and stored in its record (`fingerprint`).
     """
     try:
         return _fingerprint(ast.parse(source), source)
@@ -129,17 +126,20 @@ def _fingerprint(tree: ast.Module, source: str) -> str:
     return ast.dump(tree)
 
 
-def tested_fingerprints(state: AgentState, run_dir: Path) -> set[str]:
-    """The metric fingerprints of every candidate written so far (seeds included)."""
-    paths = (Path(run_dir) / record["path"] for record in state.get("candidates", {}).values())
-    return {metric_fingerprint(p.read_text(encoding="utf-8")) for p in paths if p.is_file()}
+def fingerprint_of(record: Mapping, run_dir: Path) -> Optional[str]:
+    """The metric fingerprint stored in the record when it was written; a record from before
+    fingerprints were stored gets one from its file (None when the file is gone)."""
+    if record.get("fingerprint"):
+        return record["fingerprint"]
+    path = Path(run_dir) / record["path"]
+    return metric_fingerprint(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def already_tested(state: AgentState, run_dir: Path, source: str) -> Optional[CandidateRecord]:
-    """The earlier candidate (seeds included) that computes the same metric as `source`, if any."""
-    fingerprint = metric_fingerprint(source)
+def known_metrics(state: AgentState, run_dir: Path) -> dict[str, CandidateRecord]:
+    """Every candidate written so far (seeds included) by its metric fingerprint (the first of each)."""
+    tested: dict[str, CandidateRecord] = {}
     for record in state.get("candidates", {}).values():
-        path = Path(run_dir) / record["path"]
-        if path.is_file() and metric_fingerprint(path.read_text(encoding="utf-8")) == fingerprint:
-            return record
-    return None
+        fingerprint = fingerprint_of(record, run_dir)
+        if fingerprint is not None:
+            tested.setdefault(fingerprint, record)
+    return tested

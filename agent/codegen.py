@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import Literal
+from typing import Literal, Mapping, Optional
 
 from autoprune.agent.expression import CandidateFormatError, candidate_from_expression_reply
+from autoprune.pruning import contract
 
 CodeStyle = Literal["program", "expression", "auto"]
 CONTRACT_HINT = ("Define exactly `def score(W, X):` returning a tensor shaped like W (out, in); "
-                 "W is float32 (out, in); X.norm, X.sq_mean, X.mean, X.var, X.max_abs are per input "
-                 "channel, shape (in,), and broadcast over the rows of W. Import only torch and math.")
+                 + contract.one_line() + " Import only torch and math.")
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _CODE_START = re.compile(r"^(import |from |def |GROUP\s*=|@|[A-Za-z_]\w*\s*=)")
@@ -44,10 +44,12 @@ def resolve_code_style(code_style: CodeStyle, *, embedded_llm: bool) -> str:
     return code_style
 
 
-def candidate_from_reply(text: str, style: str, *, hypothesis: str = "") -> str:
-    """The candidate source for a write_code (or repair) reply in the given style."""
+def candidate_from_reply(text: str, style: str, *, hypothesis: str = "",
+                         offered: Optional[Mapping[str, bool]] = None) -> str:
+    """The candidate source for a write_code (or repair) reply in the given style; `offered`: the
+    statistics the run collected (`contract.available`'s flags), all an expression may name."""
     if style == "expression":
-        return candidate_from_expression_reply(text, hypothesis=hypothesis)
+        return candidate_from_expression_reply(text, hypothesis=hypothesis, offered=offered)
     return extract_candidate(text)
 
 

@@ -8,35 +8,34 @@ settings.
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from autoprune.agent.runtime.folder import CONFIG_FILE
+from autoprune.agent.runtime.settings import SearchSettings
 from autoprune.errors import BadInputError
-from autoprune.pruning.masks import SparsityPattern
+from autoprune.models import check_model_spec
+from autoprune.pruning.config import check_data_folder
+from autoprune.pruning.pattern import SparsityPattern
 
-CONFIG_FILE = "config.json"
 CONFIG_MAX_BYTES = 1 << 20
 # Where the prompts and the user's API key are sent, how and where candidates run: a resumed run
 # takes these from its command line only (`resume_config`), never silently from the folder.
 RESUME_CONFIRMED = ("llm_base_url", "llm_model", "sandbox", "executor", "ray_address", "gpus")
 
 
-class RunConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class RunConfig(SearchSettings):
+    """Program search (`autoprune-agent run`); the LLM, seed and budget fields are SearchSettings'."""
 
     budget: int = Field(50, ge=1, description="candidate programs sent to the sandbox (seeds excluded)")
     model: Optional[str] = Field(None, description="hub id, local folder, .gguf, or None for the embedded model")
     sparsity: float = Field(0.5, gt=0.0, lt=1.0)
     pattern: str = "unstructured"
-    llm_base_url: Optional[str] = None
-    llm_model: Optional[str] = None
     sandbox: Literal["docker", "process"] = "docker"
     gpus: Optional[str] = None
     data: Optional[str] = None
     out: Optional[Path] = None
-    seed: int = 0
     # Protocol knobs (reports state them).
     calibration_samples: int = Field(64, ge=1)
     seqlen: int = Field(512, ge=16)
@@ -51,9 +50,6 @@ class RunConfig(BaseModel):
     mutate_repeats: bool = Field(True, description="expression style: a repeated metric is mutated by trusted "
                                                   "code (agent/mutation.py) instead of asking the LLM again")
     prompts: str = Field("gcot", description="prompt set (entry-point group autoprune.prompts)")
-    temperature: float = Field(0.8, ge=0.0, le=2.0)
-    llm_max_tokens: int = Field(768, ge=16, description="cap per reply; short-answer nodes ask for less")
-    llm_timeout_s: float = Field(600.0, gt=0, description="per request; a CPU-served model can be slow")
     reconstruct: bool = False
     # Zero-shot accuracy in the finale (lm-eval): winner (chosen allocation), Wanda uniform, dense.
     final_tasks: list[str] = Field(default_factory=list, description="e.g. arc_easy,piqa (empty = none)")
@@ -86,13 +82,6 @@ class RunConfig(BaseModel):
             raise ValueError(f"unknown zero-shot task(s) {', '.join(unknown)} (known: {', '.join(LOCAL_TASKS)})")
         return value
 
-    @field_validator("llm_base_url")
-    @classmethod
-    def _http_endpoint(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and urlsplit(value).scheme not in ("http", "https"):
-            raise ValueError(f"--llm-base-url must be an http:// or https:// URL, not {value[:80]!r}")
-        return value
-
     @field_validator("pattern")
     @classmethod
     def _pattern_parses(cls, value: str) -> str:
@@ -113,12 +102,6 @@ class RunConfig(BaseModel):
         if value != "all" and not all(p.strip().isdigit() for p in value.split(",")):
             raise ValueError("--gpus takes 'all' or a comma-separated list of indices, e.g. 0,1")
         return value
-
-    @model_validator(mode="after")
-    def _llm_pair(self) -> "RunConfig":
-        if self.llm_model and not self.llm_base_url:
-            raise ValueError("--llm-model needs --llm-base-url (without both, the embedded LLM is used)")
-        return self
 
     @model_validator(mode="after")
     def _ray_needs_address(self) -> "RunConfig":
@@ -147,22 +130,16 @@ class RunConfig(BaseModel):
     def token_cap(self) -> int:
         return self.max_tokens or 20000 * self.budget
 
-    @property
-    def uses_embedded_llm(self) -> bool:
-        return not self.llm_base_url
-
-    def save(self, run_dir: Path) -> Path:
-        path = Path(run_dir) / CONFIG_FILE
-        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        return path
-
 
 def make_config(**values) -> RunConfig:
     """Build a RunConfig, turning pydantic's errors into one clear BadInputError line."""
     try:
-        return RunConfig(**{k: v for k, v in values.items() if v is not None})
+        config = RunConfig(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
         raise BadInputError(describe_validation_error(exc)) from None
+    check_model_spec(config.model)       # on disk only: answered before a run folder, torch or a download
+    check_data_folder(config.data)
+    return config
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -1,14 +1,19 @@
 """Evaluate many candidates at once: serially, on a local pool of CPU slices / GPUs, or on Ray.
 
-The unit of work is `EvaluationWorker.evaluate(task)`: run one candidate in the
-sandbox and, if its masks verify, measure its fitness on the run's validation
-windows. A worker holds its own resident dense model and fitness cache, built
-from a picklable `WorkerSpec`, so the same code runs in this process, in a pool
-process, or in a Ray actor on another node (with its own Docker engine and GPU).
-Results come back in task order and do not depend on which worker ran them, so
-parallel evaluation gives exactly the serial results.
+Every candidate of a run goes through an executor; serial runs use the default one,
+`SerialExecutor.resident` (the host's own runner and fitness service). The unit of
+work is `EvaluationWorker.evaluate(task)`: run one candidate in the sandbox
+(`CandidateRunner`, the one place a sandbox request is built) and, if its masks
+verify, measure its fitness on the run's validation windows. A pool or Ray worker
+holds its own resident dense model and fitness cache, built from a picklable
+`WorkerSpec` (`WorkerSpec.from_config`: the run's settings, seed and device
+included, so a `--data self` worker scores the host's windows), so the same code
+runs in this process, in a pool process, or in a Ray actor on another node (with
+its own Docker engine and GPU). Results come back in task order and do not depend
+on which worker ran them, so parallel evaluation gives exactly the serial results.
 
-The host trusts none of a worker's result: `check_on_host` unpacks its masks with
+The host trusts none of a worker's result (its own included, but there the
+fitness is its own measurement and is not recomputed): `check_on_host` unpacks its masks with
 the trusted bundle's shapes and runs the same `verify_masks` as every sandbox
 verdict (exact sparsity, pattern, GROUP from the host's own gate), and spot-checks
 its fitness: `SPOT_CHECKED_WINDOWS` of the level's windows, drawn with the OS's
@@ -28,12 +33,20 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
-from typing import Optional, Protocol, Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol, Sequence
 
-from autoprune.errors import BadInputError, MaskError
+from autoprune.errors import AutopruneError, BadInputError, MaskError
 from autoprune.pruning.masks import SparsityPattern, pack_mask, unpack_mask
 
 SPOT_CHECKED_WINDOWS = 1     # fitness windows of each worker result the host recomputes
+
+
+def sandbox_limits(config):
+    """The sandbox limits of a run (`config`: its RunConfig), the host's and every worker's."""
+    from autoprune.sandbox.verdict import SandboxLimits
+
+    return SandboxLimits(timeout_s=config.candidate_timeout_s, gpus=config.gpus)
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,17 @@ class WorkerSpec:
     seed: int = 0                          # the run's --seed (a 'self' corpus depends on it)
     device: str = "cpu"                    # where the host keeps its model ("cuda": this worker's GPU)
 
+    @classmethod
+    def from_config(cls, config, bundle_dir, levels: Sequence[int]) -> "WorkerSpec":
+        """The one place a run's settings become a worker's: `config` is the run's RunConfig, `levels`
+        the host's fitness levels. Seed and device are the host's, so a worker of a `--data self` run
+        samples the host's text and scores the host's windows."""
+        from autoprune.agent.setup import run_device
+
+        return cls(bundle_dir=str(Path(bundle_dir).resolve()), model=config.model, data=config.data,
+                   seqlen=config.seqlen, levels=tuple(levels), sparsity=config.sparsity, pattern=config.pattern,
+                   backend=config.sandbox, limits=sandbox_limits(config), seed=config.seed, device=run_device(config))
+
     def model_device(self) -> str:
         """The host's device, on this worker's own GPU when it has one."""
         if self.device.startswith("cuda") and self.gpu is not None and self.gpu.isdigit():
@@ -61,12 +85,67 @@ class WorkerSpec:
         return self.device
 
 
+@dataclass
+class SandboxOutcome:
+    status: str
+    message: str
+    timings: dict[str, float]
+    masks: Optional[dict]
+    profile: Optional[dict]
+    group: str
+    seconds: float
+
+
+class CandidateRunner:
+    """Sends one candidate source to the sandbox with the run's bundle, pattern and limits
+    (the one place a layer's sparsity is derived from the run's settings)."""
+
+    def __init__(self, bundle: Any, pattern: SparsityPattern, sparsity: float, backend: str, *,
+                 limits: Any = None, run: Optional[Callable] = None):
+        self.bundle, self.pattern, self.sparsity, self.backend, self.limits = bundle, pattern, sparsity, backend, limits
+        self._run = run
+
+    def uniform_sparsity(self) -> dict[str, float]:
+        value = self.pattern.sparsity if self.pattern.structured else self.sparsity
+        return {name: value for name in self.bundle.names}
+
+    def block_to_layer_sparsity(self, block_sparsity: list[float]) -> dict[str, float]:
+        return {spec.name: block_sparsity[spec.layer_index] for spec in self.bundle.layers}
+
+    def request(self, layer_sparsity: Optional[dict[str, float]] = None, mode: str = "masks"):
+        """What a run asks of the sandbox: the layers' sparsities (uniform by default) and the pattern."""
+        from autoprune.sandbox.verdict import ScoringRequest
+
+        return ScoringRequest(sparsity=layer_sparsity or self.uniform_sparsity(), pattern=self.pattern, mode=mode)
+
+    def run(self, source: str, *, layer_sparsity: Optional[dict[str, float]] = None,
+            mode: str = "masks") -> SandboxOutcome:
+        started = time.perf_counter()
+        verdict = self._runner()(source, self.bundle, self.request(layer_sparsity, mode), **self._kwargs())
+        return SandboxOutcome(status=verdict.status, message=verdict.message, timings=dict(verdict.timings),
+                              masks=verdict.masks, profile=verdict.profile, group=getattr(verdict, "group", "row"),
+                              seconds=time.perf_counter() - started)
+
+    def _kwargs(self) -> dict:
+        kwargs: dict[str, Any] = {"backend": self.backend}
+        if self.limits is not None:
+            kwargs["limits"] = self.limits
+        return kwargs
+
+    def _runner(self) -> Callable:
+        if self._run is None:
+            from autoprune.sandbox.api import run_candidate
+
+            self._run = run_candidate
+        return self._run
+
+
 @dataclass(frozen=True)
 class EvaluationTask:
     candidate_id: str
     source: str
     level: int = 0
-    layer_sparsity: Optional[dict] = None  # None = uniform at the spec's sparsity
+    layer_sparsity: Optional[dict] = None  # None = uniform at the run's sparsity
 
 
 @dataclass
@@ -84,70 +163,63 @@ class EvaluationResult:
 
 
 class EvaluationWorker:
-    """One sandbox slot plus one resident model: evaluates tasks one after another."""
+    """One sandbox slot plus one resident model: evaluates tasks one after another. The host's own
+    worker holds the run's runner and fitness service; a pool or Ray worker builds its own
+    (`from_spec`)."""
 
-    def __init__(self, spec: WorkerSpec):
+    def __init__(self, runner: CandidateRunner, fitness, name: str = "host"):
+        self.runner, self.fitness, self.name = runner, fitness, name
+
+    @classmethod
+    def from_spec(cls, spec: WorkerSpec) -> "EvaluationWorker":
+        """The run's model, fitness windows and sandbox slot, rebuilt in this process from `spec`."""
         import torch
 
         from autoprune.agent.fitness import FitnessService
         from autoprune.data import fitness_windows, load_corpus
         from autoprune.models import load_model
         from autoprune.sandbox.bundle import ScoringBundle
+        from autoprune.sandbox.verdict import SandboxLimits
 
         if spec.threads:
             torch.set_num_threads(spec.threads)
-        self.spec = spec
         loaded = load_model(spec.model, device=spec.model_device())
         corpus = load_corpus(spec.data, model=loaded.model, tokenizer=loaded.tokenizer, seed=spec.seed)
         windows = fitness_windows(loaded.tokenizer, corpus, nwindows=max(spec.levels), seqlen=spec.seqlen)
-        self.fitness = FitnessService(loaded.model, windows, list(spec.levels))
-        self.bundle = ScoringBundle.open(spec.bundle_dir)
-        self.name = f"pid{os.getpid()}" + (f"/gpu{spec.gpu}" if spec.gpu is not None else "")
+        limits = spec.limits or SandboxLimits()
+        runner = CandidateRunner(ScoringBundle.open(spec.bundle_dir), SparsityPattern.parse(spec.pattern),
+                                 spec.sparsity, spec.backend,
+                                 limits=replace(limits, gpus=spec.gpu) if spec.gpu is not None else limits)
+        name = f"pid{os.getpid()}" + (f"/gpu{spec.gpu}" if spec.gpu is not None else "")
+        return cls(runner, FitnessService(loaded.model, windows, list(spec.levels)), name)
 
-    def limits(self):
-        from autoprune.sandbox.verdict import SandboxLimits
-
-        limits = self.spec.limits or SandboxLimits()
-        return replace(limits, gpus=self.spec.gpu) if self.spec.gpu is not None else limits
-
-    def request(self, task: EvaluationTask):
-        return scoring_request(self.bundle, self.spec, task.layer_sparsity)
+    @property
+    def bundle(self):
+        return self.runner.bundle
 
     def evaluate(self, task: EvaluationTask) -> EvaluationResult:
         """One task; a failure of this worker becomes the task's "crashed" result, not an exception
-        that would take the whole batch down."""
+        that would take the whole batch down. A broken setup (AutopruneError: no engine, no image)
+        still raises: every candidate would fail the same way."""
         try:
             return self._evaluate(task)
+        except AutopruneError:
+            raise
         except Exception as exc:   # noqa: BLE001 - one candidate's failure must not stop the batch
             return EvaluationResult(task.candidate_id, "crashed", worker=self.name, timings={},
                                     message=f"the evaluation worker failed: {type(exc).__name__}: {exc}"[:500])
 
     def _evaluate(self, task: EvaluationTask) -> EvaluationResult:
-        from autoprune.sandbox.api import run_candidate
-
-        started = time.perf_counter()
-        verdict = run_candidate(task.source, self.bundle, self.request(task),
-                                backend=self.spec.backend, limits=self.limits())
-        result = EvaluationResult(task.candidate_id, verdict.status, verdict.message, dict(verdict.timings),
-                                  worker=self.name, group=getattr(verdict, "group", "row"),
-                                  sandbox_s=time.perf_counter() - started)
-        if verdict.ok:
-            masks = verdict.masks
+        outcome = self.runner.run(task.source, layer_sparsity=task.layer_sparsity)
+        result = EvaluationResult(task.candidate_id, outcome.status, outcome.message, outcome.timings,
+                                  worker=self.name, group=outcome.group, sandbox_s=outcome.seconds)
+        if outcome.status == "ok":
+            masks = outcome.masks
             started = time.perf_counter()
             result.nlls = self.fitness.evaluate(task.candidate_id, lambda: masks, task.level)
             result.fitness_s = time.perf_counter() - started
             result.packed_masks = {name: pack_mask(mask) for name, mask in masks.items()}
         return result
-
-
-def scoring_request(bundle, spec: WorkerSpec, layer_sparsity: Optional[dict] = None):
-    """What a task asks of the sandbox: the layers' sparsities (uniform by default) and the pattern."""
-    from autoprune.sandbox.verdict import ScoringRequest
-
-    pattern = SparsityPattern.parse(spec.pattern)
-    sparsity = layer_sparsity or {n: (pattern.sparsity if pattern.structured else spec.sparsity)
-                                  for n in bundle.names}
-    return ScoringRequest(sparsity=sparsity, pattern=pattern)
 
 
 @dataclass
@@ -193,7 +265,8 @@ def check_on_host(result: EvaluationResult, source: str, bundle, request, fitnes
 
 
 class Executor(Protocol):
-    workers: int
+    workers: int                 # tasks it runs at once (a verify visit sends at most this many)
+    trusted: bool                # True only when its worker is the host's own model and fitness service
 
     def map(self, tasks: Sequence[EvaluationTask]) -> list[EvaluationResult]: ...
 
@@ -201,10 +274,16 @@ class Executor(Protocol):
 
 
 class SerialExecutor:
-    """In this process, one task after another (the reference the others must match)."""
+    """In this process, one task after another (the reference the others must match). The run's
+    default is `resident`: its worker is the host's own runner and fitness service, so its fitness
+    needs no spot check (`trusted`); built from a spec it loads its own model like any other worker."""
 
-    def __init__(self, spec: WorkerSpec):
-        self.worker, self.workers = EvaluationWorker(spec), 1
+    def __init__(self, worker: EvaluationWorker, *, trusted: bool = False):
+        self.worker, self.workers, self.trusted = worker, 1, trusted
+
+    @classmethod
+    def resident(cls, runner: CandidateRunner, fitness) -> "SerialExecutor":
+        return cls(EvaluationWorker(runner, fitness), trusted=True)
 
     def map(self, tasks: Sequence[EvaluationTask]) -> list[EvaluationResult]:
         return [self.worker.evaluate(t) for t in tasks]
@@ -221,7 +300,7 @@ def _init_pool_worker(specs: list[WorkerSpec], counter, worker_class: type = Eva
     with counter.get_lock():
         slot = counter.value
         counter.value += 1
-    _POOL_WORKER = worker_class(specs[slot % len(specs)])
+    _POOL_WORKER = worker_class.from_spec(specs[slot % len(specs)])
 
 
 def _pool_evaluate(task: EvaluationTask) -> EvaluationResult:
@@ -245,6 +324,7 @@ class LocalPoolExecutor:
     """N worker processes on this machine (spawned: no forked torch state)."""
 
     worker_class: type = EvaluationWorker     # what each process runs (tests put a lying one here)
+    trusted = False
 
     def __init__(self, spec: WorkerSpec, workers: int, gpus: Optional[list[str]] = None):
         context = get_context("spawn")
@@ -260,8 +340,20 @@ class LocalPoolExecutor:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+class SpecWorker:
+    """A Ray actor: an EvaluationWorker built from the spec in the actor's own process."""
+
+    def __init__(self, spec: WorkerSpec):
+        self.worker = EvaluationWorker.from_spec(spec)
+
+    def evaluate(self, task: EvaluationTask) -> EvaluationResult:
+        return self.worker.evaluate(task)
+
+
 class RayExecutor:
     """The same workers as Ray actors on a cluster: each node runs its own Docker engine."""
+
+    trusted = False
 
     def __init__(self, spec: WorkerSpec, workers: int, address: str, gpus_per_worker: float = 0.0):
         try:
@@ -272,7 +364,7 @@ class RayExecutor:
             # A loopback head keeps every connection on loopback (the driver too).
             local = {"_node_ip_address": "127.0.0.1"} if address.startswith(("127.", "localhost")) else {}
             ray.init(address=address, log_to_driver=False, include_dashboard=False, **local)
-        actor = ray.remote(num_cpus=1, num_gpus=gpus_per_worker)(EvaluationWorker)
+        actor = ray.remote(num_cpus=1, num_gpus=gpus_per_worker)(SpecWorker)
         self.ray, self.workers = ray, workers
         self.actors = [actor.remote(s) for s in slot_specs(spec, workers, None)]
 
@@ -288,7 +380,7 @@ class RayExecutor:
 def make_executor(kind: str, spec: WorkerSpec, *, workers: int = 1, ray_address: Optional[str] = None,
                   gpus: Optional[list[str]] = None) -> Executor:
     if kind == "serial" or (kind == "local" and workers == 1 and not gpus):
-        return SerialExecutor(spec)
+        return SerialExecutor(EvaluationWorker.from_spec(spec))
     if kind == "local":
         return LocalPoolExecutor(spec, workers, gpus)
     if kind == "ray":

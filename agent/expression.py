@@ -2,8 +2,8 @@
 
 The embedded 135M model rarely produces a whole valid file, but it can produce
 `W.abs() * X.norm.sqrt()`. The expression is parsed (never executed here),
-every name in it is checked against what the contract offers (W, X's fields,
-a list of torch / tensor / math functions, numbers), a few habits of small
+every name in it is checked against what the contract offers (W, X's fields from
+autoprune/pruning/contract.py, a list of torch / tensor / math functions, numbers), a few habits of small
 models are corrected (`X.norm()` for the field `X.norm`, `np.` for `torch.`,
 `return ...` / `score = ...` prefixes), and the result is wrapped in a
 known-good template that broadcasts it to W's shape.
@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import ast
 import re
+from typing import Mapping, Optional
 
 from autoprune.errors import LLMError
+from autoprune.pruning import contract
 from autoprune.sandbox.policy import MAX_AST_DEPTH, tree_size_error
 
 
@@ -22,9 +24,10 @@ class CandidateFormatError(LLMError):
     """An LLM reply is not a usable candidate; the message is the repair instruction."""
 
 
-X_FIELDS = frozenset({"norm", "sq_mean", "mean", "var", "max_abs", "gram", "grad",
-                      "layer_index", "num_layers", "in_features"})
-X_TENSOR_FIELDS = ("norm", "sq_mean", "mean", "var", "max_abs")
+# X's fields an expression may name: the contract's numbers and tensors (X.name is text).
+X_FIELDS = frozenset(contract.TENSOR_NAMES + contract.NUMBER_NAMES)
+EVERY_FIELD = {"has_hessian": True, "has_gram": True, "has_grad": True}   # `contract.available` flags: all of X
+X_TENSOR_FIELDS = contract.CHANNEL_NAMES       # per input channel, shape (in,)
 TORCH_FUNCTIONS = frozenset({
     "abs", "sqrt", "rsqrt", "log", "log1p", "log2", "log10", "exp", "expm1", "pow", "square", "sign",
     "clamp", "clamp_min", "clamp_max", "maximum", "minimum", "where", "tanh", "sigmoid", "atan",
@@ -47,10 +50,24 @@ _ALLOWED_NODES = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Call, ast.Attribut
 BUILTIN_NAMES = frozenset({"abs", "min", "max", "float", "int"})
 MAX_EXPRESSION_CHARS = 2000     # one scoring expression; longer replies are not salvaged
 
-EXPRESSION_HINT = ("Write ONE Python expression using W (weights, shape (out, in)), X.norm, X.sq_mean, "
-                   "X.mean, X.var, X.max_abs (shape (in,), broadcast over the rows of W), "
-                   "X.layer_index, X.num_layers, torch functions and numbers; for example "
-                   "W.abs() * X.norm")
+
+
+def expression_hint(**offered: bool) -> str:
+    """What an expression may use: the contract's fields the run offers (`contract.available`'s flags)."""
+    specs = contract.available(**offered)
+    channel = ", ".join(f"X.{s.name}" for s in specs if s.is_channel)
+    numbers = ", ".join(f"X.{n}" for n in contract.NUMBER_NAMES)
+    return (f"Write ONE Python expression using W (weights, shape (out, in)), {channel} (shape (in,), "
+            f"broadcast over the rows of W), {numbers}, torch functions and numbers; for example "
+            "W.abs() * X.norm")
+
+
+EXPRESSION_HINT = expression_hint()
+
+
+def offered_fields(**offered: bool) -> frozenset[str]:
+    """X's fields an expression may name in a run that collected `offered` (`contract.available`'s flags)."""
+    return frozenset(s.name for s in contract.available(**offered)) & X_FIELDS
 
 TEMPLATE = '''import math
 import torch
@@ -65,9 +82,11 @@ def score(W, X):
 '''
 
 
-def candidate_from_expression_reply(text: str, *, hypothesis: str = "", group: str = "row") -> str:
-    """Find, repair and validate the expression in a reply, and wrap it into a candidate file."""
-    expr = extract_expression(text)
+def candidate_from_expression_reply(text: str, *, hypothesis: str = "", group: str = "row",
+                                    offered: Optional[Mapping[str, bool]] = None) -> str:
+    """Find, repair and validate the expression in a reply, and wrap it into a candidate file.
+    `offered`: what the run collected (`contract.available`'s flags; None: the fields always there)."""
+    expr = extract_expression(text, offered)
     return wrap_expression(expr, hypothesis=hypothesis, group=group)
 
 
@@ -77,19 +96,19 @@ def wrap_expression(expr: str, *, hypothesis: str = "", group: str = "row") -> s
     return TEMPLATE.format(group=group, doc=doc, expr=expr)
 
 
-def extract_expression(text: str) -> str:
+def extract_expression(text: str, offered: Optional[Mapping[str, bool]] = None) -> str:
     """The first line of the reply holding a valid expression (fenced blocks searched first)."""
     first_error = None
     for line in _candidate_lines(text):
         for expr in salvage_variants(clean_expression(line)):
             try:
-                validate_expression(expr)
+                validate_expression(expr, offered)
                 return expr
             except CandidateFormatError as exc:
                 first_error = first_error or exc
     if first_error is not None:
         raise first_error
-    raise CandidateFormatError("your reply contained no expression. " + EXPRESSION_HINT)
+    raise CandidateFormatError("your reply contained no expression. " + expression_hint(**(offered or {})))
 
 
 def salvage_variants(expr: str) -> list[str]:
@@ -152,8 +171,11 @@ def clean_expression(line: str) -> str:
     return s
 
 
-def validate_expression(expr: str) -> ast.Expression:
-    """Parse and check every name; raise CandidateFormatError with a repair hint."""
+def validate_expression(expr: str, offered: Optional[Mapping[str, bool]] = None) -> ast.Expression:
+    """Parse and check every name; raise CandidateFormatError with a repair hint. `offered`: what
+    the run collected (`contract.available`'s flags; None: only the fields always there)."""
+    offered = dict(offered or {})
+    fields = offered_fields(**offered)
     too_deep = ("the expression is too long or too deeply nested; write a shorter one (at most "
                 f"{MAX_EXPRESSION_CHARS} characters). " + EXPRESSION_HINT)
     if len(expr) > MAX_EXPRESSION_CHARS:
@@ -181,7 +203,7 @@ def validate_expression(expr: str) -> ast.Expression:
             _check_name(node)
             uses_weights |= node.id == "W"
         if isinstance(node, ast.Attribute):
-            _check_attribute(node)
+            _check_attribute(node, fields, offered)
             _check_method_called(node, called)
     if not uses_weights:
         raise CandidateFormatError("the expression must use W: without it every weight of an input "
@@ -206,14 +228,15 @@ def _check_name(node: ast.Name) -> None:
                                + EXPRESSION_HINT)
 
 
-def _check_attribute(node: ast.Attribute) -> None:
+def _check_attribute(node: ast.Attribute, fields: frozenset[str], offered: dict) -> None:
     base, attr = node.value, node.attr
     if attr.startswith("_"):
         raise CandidateFormatError(f"`.{attr}` is forbidden (no underscore attributes). " + EXPRESSION_HINT)
     if isinstance(base, ast.Name) and base.id == "X":
-        if attr not in X_FIELDS:
-            raise CandidateFormatError(f"X has no field `{attr}`; its fields are "
-                                       f"{', '.join(sorted(X_FIELDS))}. " + EXPRESSION_HINT)
+        if attr not in fields:
+            missing = "this run did not collect" if attr in X_FIELDS else "X has no field"
+            raise CandidateFormatError(f"{missing} `X.{attr}`; the fields are "
+                                       f"{', '.join(sorted(fields))}. " + expression_hint(**offered))
     elif isinstance(base, ast.Name) and base.id == "torch":
         if attr not in TORCH_FUNCTIONS:
             raise CandidateFormatError(f"`torch.{attr}` is not available here; use elementwise math such "

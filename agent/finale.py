@@ -104,7 +104,7 @@ class Finale:
         profiles = block_profiles(profile, self.runner.bundle)
         params = block_param_counts(self.model)
         for lam in self.config.sdsa_lambdas:
-            ratios = allocate_sparsity("sdsa", target, profiles, params, lam=lam)
+            ratios = allocate_sparsity("sdsa", target, profiles, params, lam=lam, source="score")
             variants.append(Variant(f"sdsa(λ={lam:g})", ratios, hyper={"lam": lam, "profiles": profiles}))
         return variants
 

@@ -8,13 +8,13 @@
     reflect -> hypothesise, until the budget is spent -> finalize -> END
 
 Each node is a function `(state, services) -> partial update`; `build_graph`
-binds the services and wraps every node so it is traced (entered/left, seconds).
+binds the services and wraps every node so it is traced (agent/runtime/nodes.py).
+Every route that may end the search asks the Budget; `finalize` records its stop reason.
 """
 
 from __future__ import annotations
 
 import functools
-import time
 from typing import Callable
 
 from langgraph.graph import END, START, StateGraph
@@ -27,6 +27,7 @@ from autoprune.agent.nodes.reflect import reflect
 from autoprune.agent.nodes.tournament import tournament
 from autoprune.agent.nodes.verify import verify
 from autoprune.agent.nodes.write_code import write_code
+from autoprune.agent.runtime.nodes import add_traced_nodes
 from autoprune.agent.services import AgentServices
 from autoprune.agent.state import AgentState
 
@@ -52,9 +53,8 @@ def after_write_code(state: AgentState, services: AgentServices) -> str:
 
 def room_for_another(state: AgentState, services: AgentServices) -> bool:
     """The budget covers the queued candidates plus one more, and the LLM caps allow a call."""
-    queued = len(state.get("queue") or [])
     failures_left = int(state.get("repairs", 0)) <= services.config.max_repairs
-    return failures_left and services.budget.candidates_left(state) > queued and services.budget.can_submit(state)
+    return failures_left and services.budget.can_send(state, already_sent=len(state.get("queue") or []))
 
 
 def after_verify(state: AgentState, services: AgentServices) -> str:
@@ -79,32 +79,10 @@ def next_or_finish(state: AgentState, services: AgentServices) -> str:
     return "hypothesise" if services.budget.can_submit(state) else "finalize"
 
 
-def traced(name: str, node: Callable, services: AgentServices) -> Callable[[AgentState], dict]:
-    """Bind the services; trace entry/exit with timing; tell the live view."""
-
-    @functools.wraps(node)
-    def run(state: AgentState) -> dict:
-        generation = int(state.get("generation", 0))
-        services.trace.emit("node_entered", node=name, generation=generation)
-        if services.on_update is not None:
-            services.on_update(name, {})
-        started = time.perf_counter()
-        update = node(state, services)
-        services.trace.emit("node_left", node=name, generation=int(update.get("generation", generation)),
-                            seconds=round(time.perf_counter() - started, 3))
-        if name == "reflect" or (name == "tournament" and not update.get("pending_evals")
-                                 and state.get("phase") == "seeding"):
-            update.setdefault("stop_reason", services.budget.stop_reason({**state, **update}))
-        return update
-
-    return run
-
-
 def build_graph(services: AgentServices, checkpointer=None):
     """The compiled graph, with `services` bound to every node."""
     graph = StateGraph(AgentState)
-    for name, node in NODES.items():
-        graph.add_node(name, traced(name, node, services))
+    add_traced_nodes(graph, NODES, services)
     bind = lambda route: functools.partial(route, services=services)  # noqa: E731
     graph.add_edge(START, "verify")
     graph.add_edge("analyse", "hypothesise")

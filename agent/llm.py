@@ -9,9 +9,8 @@ exponentially with jitter; any other 4xx is the user's to fix and fails at once
 with one clear line. `timeout` bounds a whole exchange, not only each socket read
 (a server that drips bytes, or streams without end, is cut off), a body larger
 than `max_reply_bytes` is refused and a reply text is cut to `max_reply_chars`.
-Tokens are counted per graph node, and call / token caps raise
-`LLMBudgetExceeded` before a request is sent. `on_call` sees every call, a failed
-one too (its response has an `error` and empty text), so the trace records it.
+Tokens are counted per graph node (the run's caps are the Budget's, agent/budget.py,
+judged on the checkpointed state). `on_call` sees every call, a failed one too (its response has an `error` and empty text), so the trace records it.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -37,10 +37,6 @@ LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 DUMMY_KEY = "sk-local-no-key-needed"
 MAX_REPLY_BYTES = 8 * 1024 * 1024     # a chat completion of a few thousand tokens is a few KB
 MAX_REPLY_CHARS = 64 * 1024           # what any node reads of a reply (a one-line expression, a program)
-
-
-class LLMBudgetExceeded(LLMError):
-    """The run's LLM call or token cap is reached; no request was sent."""
 
 
 class LLMUnusableReply(LLMError):
@@ -158,15 +154,14 @@ def wait_before_retry(exc: Exception, attempt: int, base: float, cap: float) -> 
 
 
 class LLMClient:
-    """Chat completions with retries, per-node token accounting and caps."""
+    """Chat completions with retries and per-node token accounting."""
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = API_KEY_ENV,
-                 timeout: float = 120.0, max_retries: int = 4, max_total_tokens: Optional[int] = None,
-                 max_calls: Optional[int] = None, backoff_base: float = 1.0, backoff_cap: float = 30.0,
+                 timeout: float = 120.0, max_retries: int = 4, backoff_base: float = 1.0, backoff_cap: float = 30.0,
                  max_reply_bytes: int = MAX_REPLY_BYTES, max_reply_chars: int = MAX_REPLY_CHARS,
                  on_call: Optional[Callable[[dict, dict], None]] = None):
         self.base_url, self.model = base_url.rstrip("/"), model
-        self.max_retries, self.max_total_tokens, self.max_calls = max_retries, max_total_tokens, max_calls
+        self.max_retries = max_retries
         self.backoff_base, self.backoff_cap, self.on_call = backoff_base, backoff_cap, on_call
         self.max_reply_chars = max_reply_chars
         http_client = openai.DefaultHttpxClient(transport=BoundedTransport(timeout, max_reply_bytes))
@@ -185,13 +180,6 @@ class LLMClient:
     def total_tokens(self) -> int:
         return int(sum(u["prompt_tokens"] + u["completion_tokens"] for u in self._usage.values()))
 
-    def _check_caps(self) -> None:
-        if self.max_calls is not None and self.calls >= self.max_calls:
-            raise LLMBudgetExceeded(f"LLM call cap reached ({self.calls}/{self.max_calls} calls)")
-        if self.max_total_tokens is not None and self.total_tokens >= self.max_total_tokens:
-            raise LLMBudgetExceeded(
-                f"LLM token cap reached ({self.total_tokens}/{self.max_total_tokens} tokens)")
-
     def _account(self, node: str, reply: LLMReply) -> None:
         u = self._usage.setdefault(node, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
                                           "seconds": 0.0})
@@ -204,8 +192,7 @@ class LLMClient:
     def chat(self, messages: list[dict], *, node: str, temperature: float = 0.7, max_tokens: int = 512,
              seed: Optional[int] = None) -> LLMReply:
         """One chat completion; retries transient failures; raises LLMError subclasses."""
-        self._check_caps()
-        request = {"model": self.model, "messages": messages, "temperature": temperature,
+        request = {"model": self.model, "messages": sendable(messages), "temperature": temperature,
                    "max_tokens": max_tokens}
         if seed is not None:
             request["seed"] = seed
@@ -274,6 +261,16 @@ class LLMClient:
         if isinstance(exc, ReplyTooLarge):
             return LLMUnusableReply(f"LLM endpoint {self.base_url} sent an oversized reply: {exc}")
         return LLMError(f"LLM call to {self.base_url} failed: {describe(exc)}")
+
+
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def sendable(messages: list[dict]) -> list[dict]:
+    """The messages with every lone surrogate as U+FFFD: JSON from an endpoint may decode to one, a
+    later prompt may quote that reply, and UTF-8 (the request body) cannot encode it."""
+    return [{**m, "content": LONE_SURROGATE.sub("\ufffd", m["content"])} if isinstance(m.get("content"), str)
+            else m for m in messages]
 
 
 def describe(exc: Exception) -> str:

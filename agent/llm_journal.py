@@ -19,8 +19,8 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from autoprune.agent.trace import iter_jsonl_lines
-from autoprune.agent.trace_events import describe
+from autoprune.runlog.events import describe
+from autoprune.runlog.trace_file import iter_jsonl_lines
 from autoprune.errors import LLMError
 
 JOURNAL_FILE = "llm_journal.jsonl"

@@ -10,7 +10,8 @@ candidate it repeated).
 Single-point mutations of the expression tree, each changing the ranking of weights (a
 row- or layer-constant factor or a monotone transform of the whole score would not; a
 mutant that ranks like its parent is dropped, agent/rank_equivalence.py):
-- swap an input statistic:   X.norm -> X.max_abs
+- swap an input statistic:   X.norm -> X.max_abs (the contract's nonnegative per-channel
+                             statistics the run offers: `swap_fields`)
 - blend in a second one:     X.sq_mean -> (X.sq_mean + X.var)
                              X.norm -> (X.norm / X.norm.mean() + X.max_abs / X.max_abs.mean())
 - re-weight a statistic:     X.norm -> X.norm.pow(0.5)
@@ -28,12 +29,22 @@ import copy
 import random
 from typing import Callable, Iterator, Optional
 
-from autoprune.agent.expression import X_TENSOR_FIELDS, CandidateFormatError, validate_expression
+from autoprune.agent.expression import EVERY_FIELD, X_TENSOR_FIELDS, CandidateFormatError, validate_expression
 from autoprune.agent.rank_equivalence import rank_signature
+from autoprune.pruning import contract
 
 POWERS = (0.5, 1.5, 2.0)
-SWAP_FIELDS = ("norm", "sq_mean", "var", "max_abs")   # never X.mean: it can be negative (sqrt → NaN)
-UNITS = {"norm": "x·√tokens", "sq_mean": "x²", "var": "x²", "max_abs": "x"}
+UNITS = {s.name: s.units for s in contract.STATISTICS}
+
+
+def swap_fields(**offered: bool) -> tuple[str, ...]:
+    """The statistics mutation swaps in: the per-channel ones the run offers (`contract.available`'s
+    flags) that are never negative (never X.mean: sqrt of it is NaN)."""
+    return tuple(s.name for s in contract.available(**offered)
+                 if s.is_channel and s.sign in ("positive", "nonnegative"))
+
+
+SWAP_FIELDS = swap_fields()
 
 
 def _x_fields(tree: ast.AST) -> list[ast.Attribute]:
@@ -79,10 +90,10 @@ def _relative(name: str) -> ast.expr:
     return ast.BinOp(left=stat, op=ast.Div(), right=_method(copy.deepcopy(stat), "mean"))
 
 
-def _replacements(tree: ast.Expression) -> Iterator[tuple[ast.AST, ast.expr]]:
-    """(node, replacement) pairs: every single-point mutation of the tree."""
+def _replacements(tree: ast.Expression, fields: tuple[str, ...]) -> Iterator[tuple[ast.AST, ast.expr]]:
+    """(node, replacement) pairs: every single-point mutation of the tree, swapping in `fields`."""
     for node in _x_fields(tree):
-        for other in SWAP_FIELDS:
+        for other in fields:
             if other == node.attr:
                 continue
             yield node, _field(other)
@@ -111,18 +122,19 @@ class _Swap(ast.NodeTransformer):
         return super().visit(node)
 
 
-def mutations(expression: str) -> list[str]:
-    """Single-point mutations of `expression` that pass the expression check, one per ranking of weights."""
-    tree = validate_expression(expression)
+def mutations(expression: str, fields: tuple[str, ...] = SWAP_FIELDS) -> list[str]:
+    """Single-point mutations of `expression` that pass the expression check, one per ranking of weights.
+    The grammar is checked against every field: a mutant names only the parent's fields and `fields`."""
+    tree = validate_expression(expression, EVERY_FIELD)
     rankings = {rank_signature(expression)}
     out: list[str] = []
-    for target, replacement in _replacements(tree):
+    for target, replacement in _replacements(tree, fields):
         index = list(ast.walk(tree)).index(target)
         clone = copy.deepcopy(tree)
         mutated = _Swap(list(ast.walk(clone))[index], replacement).visit(clone)
         text = ast.unparse(ast.fix_missing_locations(mutated))
         try:
-            validate_expression(text)
+            validate_expression(text, EVERY_FIELD)
         except CandidateFormatError:
             continue
         if rank_signature(text) not in rankings:
@@ -132,12 +144,12 @@ def mutations(expression: str) -> list[str]:
 
 
 def untested_mutation(expression: str, is_new: Callable[[str], bool], rng: random.Random,
-                      depth: int = 2) -> Optional[str]:
+                      depth: int = 2, fields: tuple[str, ...] = SWAP_FIELDS) -> Optional[str]:
     """A random mutation for which `is_new(mutated_expression)` holds, or None: single-point ones
     first; when all of those were tested, a mutation of one of them (up to `depth` points)."""
     frontier = [expression]
     for _ in range(depth):
-        options = list(dict.fromkeys(m for parent in frontier for m in mutations(parent)))
+        options = list(dict.fromkeys(m for parent in frontier for m in mutations(parent, fields)))
         rng.shuffle(options)
         found = next((m for m in options if is_new(m)), None)
         if found is not None:

@@ -9,16 +9,19 @@ benchmarks/results/agent_run_mutation.md were exact rewrites, each a sandbox run
 unit of budget spent to learn nothing.
 
 `rank_signature` reads the expression tree as a sum of monomials c * prod(atom**e) over
-the atoms |W|, sign(W), X's statistics, N and opaque sub-expressions (any call not modelled
-here, keyed by its text), with these exact rewrites:
+the atoms |W|, sign(W), X's statistics (their signs and identities come from the contract,
+autoprune/pruning/contract.py), N = X.nsamples and opaque sub-expressions (any call not
+modelled here, keyed by its text), with these exact rewrites:
 - W = sign(W) * |W| and sign(W)**2 = 1; abs() of a monomial drops its signs;
-- X.norm = N**0.5 * X.sq_mean**0.5; sqrt, square, pow / ** with a number exponent;
+- X.norm = N**0.5 * X.sq_mean**0.5, X.hess_diag = N * X.sq_mean; sqrt, square, pow / ** with a number exponent;
   sums are collected, products stay factored (a sum inside a product is one composite
   atom, scaled so its first term's coefficient is 1); unsqueeze(0), float() change nothing;
 then, for ranking only: a constant term added to other terms is dropped (a shift), and a
 single monomial loses its positive factors that are constant within the layer (its
 coefficient, N, X.num_layers, `1 + X.layer_index / X.num_layers`) and, when it is
-nonnegative, has its exponents divided by the largest magnitude (s -> s**k, k > 0). Two
+nonnegative, has its exponents divided by the largest magnitude (s -> s**k, k > 0; a
+factor that is nonnegative only through an even power stays marked: X.mean**2 ranks as
+|X.mean|, not as X.mean). Two
 expressions with one signature (and one GROUP) rank every group alike; different
 signatures may still prune alike (the sandbox's mask comparison catches those).
 """
@@ -28,13 +31,26 @@ from __future__ import annotations
 import ast
 from typing import Optional
 
+from autoprune.pruning import contract
+
 Monomial = tuple[tuple[str, float], ...]       # sorted (atom, exponent), no zero exponents
 Polynomial = dict[Monomial, float]             # monomial -> coefficient
 
-SIGN_W, ABS_W, TOKENS = "sign(W)", "|W|", "N"
-POSITIVE_LAYER_CONSTANTS = frozenset({TOKENS, "X.num_layers", "X.in_features"})
-LAYER_CONSTANTS = POSITIVE_LAYER_CONSTANTS | {"X.layer_index"}
-NONNEGATIVE_ATOMS = LAYER_CONSTANTS | {ABS_W, "X.sq_mean", "X.var", "X.max_abs"}
+SIGN_W, ABS_W = "sign(W)", "|W|"
+EVEN_POWER = "even"        # marks a score made nonnegative by even powers of signed factors
+
+
+def _atoms_with(*signs: str) -> frozenset[str]:
+    """X's fields whose sign (autoprune/pruning/contract.py) is one of `signs`."""
+    return frozenset(f"X.{s.name}" for s in contract.STATISTICS if s.sign in signs)
+
+
+POSITIVE_LAYER_CONSTANTS = _atoms_with("positive-constant")
+LAYER_CONSTANTS = _atoms_with("positive-constant", "constant")
+NONNEGATIVE_ATOMS = _atoms_with("positive-constant", "constant", "positive", "nonnegative") | {ABS_W}
+# Fields that are exact products of others (X.norm = N**0.5 * X.sq_mean**0.5): rewritten into them.
+IDENTITIES = {f"X.{s.name}": tuple((f"X.{atom}", e) for atom, e in s.identity)
+              for s in contract.STATISTICS if s.identity}
 NONNEGATIVE_SUM, POSITIVE_CONSTANT_SUM, OTHER_SUM = "[+ ", "[k ", "[? "
 _DIGITS = 9
 
@@ -77,8 +93,8 @@ def _modelled(node: ast.AST) -> Optional[Polynomial]:
 def _attribute(node: ast.Attribute) -> Optional[Polynomial]:
     if not isinstance(node.value, ast.Name):
         return None
-    if node.value.id == "X" and node.attr == "norm":
-        return {((TOKENS, 0.5), ("X.sq_mean", 0.5)): 1.0}
+    if node.value.id == "X" and f"X.{node.attr}" in IDENTITIES:
+        return {_monomial(dict(IDENTITIES[f"X.{node.attr}"])): 1.0}
     if node.value.id == "X":
         return _atom(f"X.{node.attr}")
     if node.value.id == "math" and node.attr in ("pi", "e"):
@@ -244,5 +260,6 @@ def _for_ranking(p: Polynomial) -> Polynomial:
     exponents = {atom: e for atom, e in mono if not _is_positive_layer_constant(atom)}
     if exponents and all(_nonnegative(atom, e) for atom, e in exponents.items()):
         largest = max(abs(e) for e in exponents.values())
-        exponents = {atom: e / largest for atom, e in exponents.items()}
+        signed = any(not _nonnegative(atom, 1.0) for atom in exponents)   # X.mean**2: |X.mean|, not X.mean
+        exponents = {atom: e / largest for atom, e in exponents.items()} | ({EVEN_POWER: 1.0} if signed else {})
     return {_monomial(exponents): 1.0 if c > 0 else -1.0}

@@ -1,6 +1,6 @@
 """The services nodes are given: LLM, sandbox runner, fitness, trace, budget, run context.
 
-Nodes never build these themselves: `run.py` builds them once per run and the
+Nodes never build these themselves: `run.py` (program mode) builds them once per run and the
 graph binds them to every node (`functools.partial`), so a test can hand a node
 a tiny model's fitness service and a scripted LLM and call it alone.
 """
@@ -13,95 +13,9 @@ from typing import Any, Callable, Optional
 
 from autoprune.agent.budget import Budget
 from autoprune.agent.config import RunConfig
+from autoprune.agent.executors import CandidateRunner
 from autoprune.agent.fitness import FitnessService
-from autoprune.agent.trace import TraceWriter, read_trace
-from autoprune.pruning.masks import SparsityPattern
-
-
-class RunTrace:
-    """The run's TraceWriter plus at-most-once events (candidate, verdict, fitness) across resumes."""
-
-    ONCE_KEYS = {"candidate": ("id",), "verdict": ("id",), "fitness": ("id", "level"), "hypothesis": ("name",),
-                "baseline": ("name", "level")}
-
-    def __init__(self, run_dir: Path):
-        self.writer = TraceWriter(run_dir)
-        self._seen: set[tuple] = set()
-        if self.writer.path.is_file():
-            for event in read_trace(self.writer.path).events:
-                key = self._key(event["type"], event)
-                if key is not None:
-                    self._seen.add(key)
-
-    def _key(self, type: str, payload: dict) -> Optional[tuple]:
-        fields = self.ONCE_KEYS.get(type)
-        return None if fields is None else (type, *(payload.get(f) for f in fields))
-
-    @property
-    def last_seq(self) -> int:
-        return self.writer._seq
-
-    def emit(self, type: str, **payload: Any) -> Optional[dict]:
-        """Write one event; an at-most-once event already in the trace is skipped (returns None)."""
-        key = self._key(type, payload)
-        if key is not None:
-            if key in self._seen:
-                return None
-            self._seen.add(key)
-        return self.writer.emit(type, **payload)
-
-
-@dataclass
-class SandboxOutcome:
-    status: str
-    message: str
-    timings: dict[str, float]
-    masks: Optional[dict]
-    profile: Optional[dict]
-    group: str
-    seconds: float
-
-
-class CandidateRunner:
-    """Sends one candidate source to the sandbox with the run's bundle, pattern and limits."""
-
-    def __init__(self, bundle: Any, pattern: SparsityPattern, sparsity: float, backend: str, *,
-                 limits: Any = None, run: Optional[Callable] = None):
-        self.bundle, self.pattern, self.sparsity, self.backend, self.limits = bundle, pattern, sparsity, backend, limits
-        self._run = run
-
-    def uniform_sparsity(self) -> dict[str, float]:
-        value = self.pattern.sparsity if self.pattern.structured else self.sparsity
-        return {name: value for name in self.bundle.names}
-
-    def block_to_layer_sparsity(self, block_sparsity: list[float]) -> dict[str, float]:
-        return {spec.name: block_sparsity[spec.layer_index] for spec in self.bundle.layers}
-
-    def run(self, source: str, *, layer_sparsity: Optional[dict[str, float]] = None,
-            mode: str = "masks") -> SandboxOutcome:
-        import time
-
-        from autoprune.sandbox.verdict import ScoringRequest
-
-        request = ScoringRequest(sparsity=layer_sparsity or self.uniform_sparsity(), pattern=self.pattern, mode=mode)
-        started = time.perf_counter()
-        verdict = self._runner()(source, self.bundle, request, **self._kwargs())
-        return SandboxOutcome(status=verdict.status, message=verdict.message, timings=dict(verdict.timings),
-                              masks=verdict.masks, profile=verdict.profile, group=getattr(verdict, "group", "row"),
-                              seconds=time.perf_counter() - started)
-
-    def _kwargs(self) -> dict:
-        kwargs: dict[str, Any] = {"backend": self.backend}
-        if self.limits is not None:
-            kwargs["limits"] = self.limits
-        return kwargs
-
-    def _runner(self) -> Callable:
-        if self._run is None:
-            from autoprune.sandbox.api import run_candidate
-
-            self._run = run_candidate
-        return self._run
+from autoprune.agent.runtime.trace import RunTrace  # noqa: F401 - the runtime's; nodes' services carry it
 
 
 @dataclass
@@ -112,7 +26,12 @@ class RunContext:
     model_profile: str                  # per-block outlier/skew table as text, for analyse
     code_style: str                     # "program" | "expression"
     has_gram: bool = False
+    has_hessian: bool = False           # X.hinv_diag was collected (agent/setup.py)
     extras: dict = field(default_factory=dict)
+
+    def offered(self) -> dict[str, bool]:
+        """What the run collected, as `contract.available`'s flags (prompts, validators, mutation)."""
+        return {"has_hessian": self.has_hessian, "has_gram": self.has_gram}
 
 
 @dataclass
@@ -122,7 +41,7 @@ class AgentServices:
     trace: RunTrace
     llm: Any                            # JournaledLLM (or anything with .chat(messages, node=, seed=))
     prompts: Any                        # PromptSet: .render(node, **context) -> messages
-    sandbox: CandidateRunner
+    sandbox: CandidateRunner           # agent.executors: the run's sandbox requests (the finale's too)
     fitness: FitnessService
     budget: Budget
     context: RunContext

@@ -37,6 +37,11 @@ class Prepared:
     fitness: FitnessService
     profile: list[dict]
 
+    @property
+    def has_hessian(self) -> bool:
+        """X.hinv_diag is there for every layer (the contract's `needs="hessian"` fields)."""
+        return all(s.hinv_diag is not None for s in self.stats.values())
+
     def test_windows(self, config: RunConfig):
         return test_windows(self.loaded.tokenizer, self.corpus, nwindows=config.test_windows, seqlen=config.seqlen)
 
@@ -56,7 +61,9 @@ def prepare(config: RunConfig, run_dir: Path) -> Prepared:
     corpus = load_corpus(config.data, model=loaded.model, tokenizer=loaded.tokenizer, seed=config.seed)
     calibration = calibration_windows(loaded.tokenizer, corpus, nsamples=config.calibration_samples,
                                       seqlen=config.seqlen, seed=config.seed)
-    stats = collect_activation_stats(loaded.model, calibration, cache_dir=run_dir / "calibration")
+    # XᵀX-derived fields (X.hinv_diag, SparseGPT's saliency ingredient) for every layer; XᵀX itself
+    # stays out of the bundle. Cost on the embedded model: see the report of issue 15.
+    stats = collect_activation_stats(loaded.model, calibration, with_hessian=True, cache_dir=run_dir / "calibration")
     bundle_dir = run_dir / BUNDLE_DIR
     if (bundle_dir / "manifest.json").is_file():
         bundle = ScoringBundle.open(bundle_dir)

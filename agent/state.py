@@ -35,6 +35,7 @@ class CandidateRecord(TypedDict, total=False):
     masks_path: Optional[str]       # candidates/<id>.masks.safetensors while it is kept
     group: str                      # how its scores became masks: "row" | "layer"
     mask_digest: Optional[str]      # sha256 over all its masks, to spot candidates that prune alike
+    fingerprint: str                # archive.metric_fingerprint of its source, computed once when written
     nll: dict[str, list[float]]     # fidelity level (as str) -> per-window NLLs
     fitness: Optional[float]        # perplexity at its highest level
     level: int                      # highest fidelity level evaluated (-1 = none)
@@ -94,9 +95,11 @@ def with_candidate(state: AgentState, cid: str, **changes) -> dict[str, Candidat
     return candidates
 
 
-def add_timing(state: AgentState, kind: str, seconds: float) -> dict[str, float]:
+def add_timings(state: AgentState, **seconds: float) -> dict[str, float]:
+    """The state's timings with `seconds` added per kind (`add_timings(state, sandbox=1.5)`)."""
     timings = dict(state.get("timings", {}))
-    timings[kind] = round(timings.get(kind, 0.0) + seconds, 4)
+    for kind, value in seconds.items():
+        timings[kind] = round(timings.get(kind, 0.0) + value, 4)
     return timings
 
 

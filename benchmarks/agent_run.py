@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine, markdown_table, save_results  # noqa: E402
 
-from autoprune.agent.trace import read_trace  # noqa: E402
+from autoprune.runlog.trace_file import read_trace  # noqa: E402
 
 
 def run_cli(args: argparse.Namespace, run_dir: Path) -> float:

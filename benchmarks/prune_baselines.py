@@ -13,7 +13,6 @@ skipped, results are written after each one.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import subprocess
 import time
@@ -21,14 +20,14 @@ from pathlib import Path
 
 import torch
 
-from autoprune.data import calibration_windows, load_corpus, test_windows
 from autoprune.evaluators.perplexity import perplexity
-from autoprune.models import cache_root, load_model
+from autoprune.models import cache_root
 from autoprune.pruning.apply import restore, snapshot_weights
 from autoprune.pruning.calibration import collect_activation_stats, target_linears
 from autoprune.pruning.loop import prune_model
-from autoprune.pruning.methods import LAYER_PRUNER_TYPES, peak_rss_mb
-from autoprune.pruning.metrics import get_metric
+from autoprune.pruning.choices import builtin_method
+from autoprune.pruning.methods import peak_rss_mb
+from protocol import add_protocol_args, load_inputs, read_partial, write_atomic
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("magnitude", "wanda", "sparsegpt", "alps", "ria", "pruner-zero")
@@ -38,12 +37,7 @@ SPARSITIES = ("0.5", "0.6", "0.7", "2:4")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None)
-    p.add_argument("--data", required=True, help="WikiText-2 folder (wiki.valid.tokens, wiki.test.raw)")
-    p.add_argument("--nsamples", type=int, default=16)
-    p.add_argument("--seqlen", type=int, default=512)
-    p.add_argument("--eval-windows", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    add_protocol_args(p, data_required=True)
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--allocations", nargs="+", default=list(ALLOCATIONS))
     p.add_argument("--sparsities", nargs="+", default=list(SPARSITIES), help="ratios or N:M patterns")
@@ -69,21 +63,14 @@ def environment() -> dict:
             "transformers": transformers.__version__, "device": "cpu", "git_commit": commit}
 
 
-def load_results(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {"runs": {}}
-
-
 def save_results(path: Path, results: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(path)
+    write_atomic(path, results)
     path.with_suffix(".md").write_text(markdown(results))
 
 
 def run_one(model, calibration, test, stats, method: str, allocation: str, sparsity: str, mode: str) -> dict:
     structured = ":" in sparsity
-    pruner = LAYER_PRUNER_TYPES[method]() if method in LAYER_PRUNER_TYPES else get_metric(method)
+    pruner = builtin_method(method)
     result = prune_model(model, calibration, method=pruner, sparsity=0.5 if structured else float(sparsity),
                          pattern=sparsity if structured else "unstructured", allocation=allocation, mode=mode,
                          dense_stats=stats, progress=False)
@@ -97,13 +84,9 @@ def run_one(model, calibration, test, stats, method: str, allocation: str, spars
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    results = load_results(args.out)
-    loaded = load_model(args.model)
-    model = loaded.model
-    corpus = load_corpus(args.data)
-    calibration = calibration_windows(loaded.tokenizer, corpus, nsamples=args.nsamples, seqlen=args.seqlen,
-                                      seed=args.seed)
-    test = test_windows(loaded.tokenizer, corpus, nwindows=args.eval_windows, seqlen=args.seqlen)
+    results = read_partial(args.out)
+    inputs = load_inputs(args)
+    loaded, model, calibration, test = inputs.loaded, inputs.model, inputs.calibration, inputs.test
     results["protocol"] = {"model": loaded.name, "calibration": calibration.description, "test": test.description,
                            "statistics": "per row (mode column): one-shot = dense statistics collected once and "
                                          "shared by every configuration; sequential = collected block by block "

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from protocol import add_protocol_args, load_inputs, measure_or_report, notes_lines, read_partial, write_atomic
+
 RESULTS = Path(__file__).parent / "results"
 SPARSITIES = ("0.5", "0.6", "0.7", "2:4")
 # (label, method, reconstruction), in the order they are measured at each sparsity.
@@ -35,12 +37,7 @@ ALPS_ANCHORS = {"0.5": "-2 to -3 %", "0.6": "-6 to -8 %", "0.7": "-24 to -29 %",
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None)
-    p.add_argument("--data", help="WikiText-2 folder (wiki.valid.tokens, wiki.test.raw)")
-    p.add_argument("--nsamples", type=int, default=16)
-    p.add_argument("--seqlen", type=int, default=512)
-    p.add_argument("--eval-windows", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    add_protocol_args(p)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--sparsities", nargs="+", default=list(SPARSITIES))
     p.add_argument("--configs", nargs="+", default=[c[0] for c in CONFIGS])
@@ -68,7 +65,7 @@ def environment() -> dict:
 def run_one(model, calibration, test, method: str, reconstruct: str, sparsity: str) -> dict:
     from autoprune.evaluators.perplexity import perplexity
     from autoprune.pruning.loop import prune_model
-    from autoprune.pruning.pipeline import builtin_method
+    from autoprune.pruning.choices import builtin_method
 
     structured = ":" in sparsity
     started = time.perf_counter()
@@ -81,35 +78,22 @@ def run_one(model, calibration, test, method: str, reconstruct: str, sparsity: s
             "overall_sparsity": result.overall_sparsity, "prune_wall_s": wall}
 
 
-def save(path: Path, results: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(path)
-
-
 def measure(args) -> None:
-    from autoprune.data import calibration_windows, load_corpus, test_windows
     from autoprune.evaluators.perplexity import perplexity
-    from autoprune.models import load_model
     from autoprune.pruning.apply import restore, snapshot_weights
     from autoprune.pruning.calibration import target_linears
 
     torch.set_num_threads(args.threads)
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": {}}
-    loaded = load_model(args.model)
-    model = loaded.model
-    corpus = load_corpus(args.data)
-    calibration = calibration_windows(loaded.tokenizer, corpus, nsamples=args.nsamples, seqlen=args.seqlen,
-                                      seed=args.seed)
-    test = test_windows(loaded.tokenizer, corpus, nwindows=args.eval_windows, seqlen=args.seqlen)
+    results = read_partial(args.out)
+    inputs = load_inputs(args)
+    loaded, model, calibration, test = inputs.loaded, inputs.model, inputs.calibration, inputs.test
     results["protocol"] = {"model": loaded.name, "calibration": calibration.description, "test": test.description,
                            "mode": "sequential (block i's statistics through the pruned and refitted blocks "
                                    "0..i-1)", "damping": "0.01 x mean diag(XtX) for OBS, exact and ALPS"}
     results["environment"] = environment()
     if "dense" not in results["runs"]:
         results["runs"]["dense"] = {"method": "dense", "perplexity": perplexity(model, test)}
-        save(args.out, results)
+        write_atomic(args.out, results)
     dense = snapshot_weights(model, target_linears(model))
     for sparsity in args.sparsities:
         for label, method, reconstruct in CONFIGS:
@@ -119,12 +103,12 @@ def measure(args) -> None:
             results["runs"][key] = {"label": label, **run_one(model, calibration, test, method, reconstruct,
                                                               sparsity)}
             restore(model, dense)
-            save(args.out, results)
+            write_atomic(args.out, results)
             run = results["runs"][key]
             print(f"{key}: {run['perplexity']:.2f} ({run['prune_wall_s']:.0f} s)", flush=True)
 
 
-def merge(paths: list[Path], out: Path) -> dict:
+def merge(paths: list[Path]) -> dict:
     merged: dict = {"runs": {}}
     for path in paths:
         part = json.loads(path.read_text())
@@ -158,23 +142,11 @@ def markdown(results: dict) -> str:
         alps, sgpt = runs.get(f"alps|{sparsity}"), runs.get(f"sparsegpt|{sparsity}")
         delta = "-" if not (alps and sgpt) else f"{100 * (alps['perplexity'] / sgpt['perplexity'] - 1):+.1f} %"
         lines.append(f"| {sparsity} | " + " | ".join(cells) + f" | {delta} (published {ALPS_ANCHORS[sparsity]}) |")
-    if results.get("notes"):
-        lines += ["", "## Notes", ""] + [f"- {note}" for note in results["notes"]]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + notes_lines(results)) + "\n"
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
-    if args.report:
-        results = merge(args.report, args.out)
-        if args.out.is_file():
-            results["notes"] = json.loads(args.out.read_text()).get("notes", [])
-        save(args.out, results)
-        args.out.with_suffix(".md").write_text(markdown(results))
-        return
-    if not args.data:
-        raise SystemExit("--data is required to measure")
-    measure(args)
+    measure_or_report(parse_args(argv), measure, merge, markdown)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, markdown_table, save_results  # noqa: E402
 
 from autoprune.agent.embedded_server import embedded_llm_server  # noqa: E402
-from autoprune.agent.rates import RatesConfig, run_rates_search  # noqa: E402
+from autoprune.agent.rates.config import RatesConfig  # noqa: E402
+from autoprune.agent.rates.mode import run_rates_search  # noqa: E402
 from autoprune.agent.rates.state import OUTCOMES  # noqa: E402
 from autoprune.models import load_model  # noqa: E402
 

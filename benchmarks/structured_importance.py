@@ -22,13 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import load_results, machine, markdown_table, save_results  # noqa: E402
 
-from autoprune.agent.rates.services import pruned_copy  # noqa: E402
 from autoprune.data import calibration_windows, fitness_windows, load_corpus, test_windows  # noqa: E402
 from autoprune.evaluators.perplexity import perplexity  # noqa: E402
 from autoprune.models import load_model  # noqa: E402
 from autoprune.pruning.calibration import collect_activation_stats  # noqa: E402
 from autoprune.pruning.param_budget import mean_rate_for_params  # noqa: E402
-from autoprune.pruning.structured import REFIT_TARGETS, attention_geometry  # noqa: E402
+from autoprune.pruning.structured import attention_geometry, pruned_copy, refit_targets  # noqa: E402
 from autoprune.pruning.structured_importance import IMPORTANCE_KINDS, structured_importance  # noqa: E402
 
 NAME = "structured_importance"
@@ -53,7 +52,7 @@ def measure(args) -> dict:
     calibration = calibration_windows(tokenizer, corpus, nsamples=args.nsamples, seqlen=args.seqlen, seed=0)
     validation = fitness_windows(tokenizer, corpus, nwindows=args.fitness_windows, seqlen=args.seqlen)
     test = test_windows(tokenizer, corpus, nwindows=args.eval_windows, seqlen=512)
-    stats = collect_activation_stats(model, calibration, with_gram=REFIT_TARGETS)
+    stats = collect_activation_stats(model, calibration, with_gram=refit_targets(model))
     head_dim, _, group_size = attention_geometry(model)
     importance, seconds = {}, {}
     for kind in IMPORTANCE_KINDS:

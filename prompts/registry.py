@@ -24,6 +24,7 @@ import jinja2
 
 from autoprune.errors import BadInputError
 from autoprune.plugins import loaded_plugins
+from autoprune.pruning import contract
 
 GROUP = "autoprune.prompts"
 BUILTIN = "gcot"
@@ -36,6 +37,7 @@ DEFAULT_CONTEXT: dict[str, Any] = {
     "model_name": "the model", "sparsity": 0.5, "pattern": "unstructured", "model_profile": "(no profile)",
     "analysis": "(no analysis yet)", "archive": "The archive is empty.", "archive_brief": "",
     "insights": "No hypotheses tested yet.", "n_hypotheses": 1, "hypothesis": "", "has_gram": False,
+    "has_hessian": False, "has_grad": False,
     "error": "", "source": "", "expression": "", "results": "(no results yet)",
     "example_offset": None, "n_examples": 3, "elite": [],
 }
@@ -89,6 +91,9 @@ class PromptSet:
 def full_context(context: dict[str, Any]) -> dict[str, Any]:
     ctx = {**DEFAULT_CONTEXT, **{k: v for k, v in context.items() if v is not None}}
     ctx.setdefault("sparsity_pct", round(float(ctx["sparsity"]) * 100))
+    offered = {k: bool(ctx[k]) for k in ("has_hessian", "has_gram", "has_grad")}
+    ctx.setdefault("contract", contract.bullet_lines(**offered))      # autoprune/pruning/contract.py
+    ctx.setdefault("contract_line", contract.one_line(**offered))
     if ctx.get("example_offset") is None:
         # Which few-shot examples a small model sees (it tends to copy the last one): vary with the
         # hypothesis, deterministically, when the caller does not choose.

@@ -5,7 +5,8 @@ statistics and a manifest), then mounted read-only into each container. The
 layout is the contract with `autoprune.sandbox.worker`:
 
     weights.safetensors   {layer name: (out_features, in_features) float32}
-    stats.safetensors     ActivationStats.to_tensors(prefix=layer name) for every layer
+    stats.safetensors     ActivationStats.to_tensors(prefix=layer name) for every layer,
+                          the contract's (in, in) fields (X.gram) only when asked for
     manifest.json         {"version": 1, "layers": [{name, short_name, layer_index,
                            num_layers, shape, group, nsamples}]}
 """
@@ -22,6 +23,7 @@ from safetensors.torch import save_file
 
 from autoprune.adapters import adapter_for, linear_weight
 from autoprune.errors import BadInputError
+from autoprune.pruning.contract import bundled_tensors
 from autoprune.pruning.stats import ActivationStats
 
 MANIFEST = "manifest.json"
@@ -93,15 +95,21 @@ def _layer_specs(model, stats: dict[str, ActivationStats]):
             yield spec, weight
 
 
-def write_scoring_bundle(model, stats: dict[str, ActivationStats], folder: str | Path) -> ScoringBundle:
-    """Write the bundle for `model`'s target linears into `folder` (created if needed)."""
+def write_scoring_bundle(model, stats: dict[str, ActivationStats], folder: str | Path, *,
+                         with_gram: bool = False) -> ScoringBundle:
+    """Write the bundle for `model`'s target linears into `folder` (created if needed).
+
+    Lean by default: X.gram (in × in per layer) is written only `with_gram` (programs that
+    need XᵀX itself); X.hinv_diag, computed from it at calibration, is always carried."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     weights, stat_tensors, specs = {}, {}, []
+    carried = bundled_tensors(with_gram=with_gram)
     for spec, weight in _layer_specs(model, stats):
         weights[spec.name] = weight.to(torch.float32).contiguous().clone()
-        stat_tensors.update({k: v.to(torch.float32).contiguous()
-                             for k, v in stats[spec.name].to_tensors(spec.name).items()})
+        tensors = stats[spec.name].to_tensors(spec.name)
+        stat_tensors.update({f"{spec.name}.{k}": tensors[f"{spec.name}.{k}"].to(torch.float32).contiguous()
+                             for k in carried if f"{spec.name}.{k}" in tensors})
         specs.append(spec)
     save_file(weights, str(folder / WEIGHTS))
     save_file(stat_tensors, str(folder / STATS))

@@ -1,6 +1,6 @@
 """The trusted code the sandbox runs: a minimal copy of the few modules the worker needs.
 
-The worker needs masks, stats, errors and the sandbox's own policy/worker
+The worker needs masks, stats, the contract, errors and the sandbox's own policy/worker
 modules, nothing else (no docker, no transformers). They are staged once per
 content hash into a cache folder with stub package `__init__`s, mounted
 read-only into every container (so an image never runs stale worker code) and
@@ -22,8 +22,10 @@ _SANDBOX_ROOT = Path(__file__).resolve().parent
 
 TRUSTED_FILES = {
     "autoprune/errors.py": _PACKAGE_ROOT / "errors.py",
+    "autoprune/pruning/contract.py": _PACKAGE_ROOT / "pruning" / "contract.py",
     "autoprune/pruning/stats.py": _PACKAGE_ROOT / "pruning" / "stats.py",
     "autoprune/pruning/masks.py": _PACKAGE_ROOT / "pruning" / "masks.py",
+    "autoprune/pruning/pattern.py": _PACKAGE_ROOT / "pruning" / "pattern.py",
     "autoprune/pruning/profile.py": _PACKAGE_ROOT / "pruning" / "profile.py",
     **{f"autoprune/sandbox/{name}": _SANDBOX_ROOT / name
        for name in ("protocol.py", "policy.py", "worker.py", "supervisor.py", "score_profile.py")},

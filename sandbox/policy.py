@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import ast
 import builtins
-import dataclasses
 import math
 import sys
 import types
@@ -38,6 +37,7 @@ from RestrictedPython import RestrictingNodeTransformer, compile_restricted_exec
 from RestrictedPython.Eval import default_guarded_getitem, default_guarded_getiter
 from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
 
+from autoprune.pruning.contract import NAMES as CONTRACT_NAMES
 from autoprune.pruning.stats import ActivationStats
 
 MAX_SOURCE_BYTES = 64 * 1024
@@ -146,9 +146,8 @@ TENSOR_ATTRIBUTES = _ELEMENTWISE_AND_REDUCTIONS | _words("""
     relu_ lerp_ addcmul_ addcdiv_ nan_to_num_ t_ transpose_ squeeze_ unsqueeze_ tril_ triu_
     fmod_ remainder_ logical_not_ sin_ cos_ erf_ exp2_ expm1_ log2_ log10_ atan_
 """)
-# The contract's fields, derived from the dataclass (plus its read-only properties).
-STATS_ATTRIBUTES = frozenset(f.name for f in dataclasses.fields(ActivationStats)) | frozenset(
-    name for name, value in vars(ActivationStats).items() if isinstance(value, property))
+# X's fields a candidate may read: the candidate contract's, nothing else of ActivationStats.
+STATS_ATTRIBUTES = frozenset(CONTRACT_NAMES)
 RESULT_ATTRIBUTES = _words("""
     values indices eigenvalues eigenvectors U S Vh V Q R L LU pivots sign logabsdet solution
     residuals rank singular_values min max mantissa exponent hist bin_edges info inverse

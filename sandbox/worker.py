@@ -27,7 +27,8 @@ import torch
 from safetensors import safe_open
 
 from autoprune.pruning.masks import SparsityPattern, pack_mask, scores_to_mask
-from autoprune.pruning.stats import CHANNEL_FIELDS, ActivationStats
+from autoprune.pruning.contract import TENSOR_NAMES
+from autoprune.pruning.stats import ActivationStats
 from autoprune.sandbox import protocol as P
 from autoprune.sandbox.policy import GuardError, candidate_globals, compile_candidate
 from autoprune.sandbox.score_profile import blocks_profile, score_profile
@@ -69,7 +70,7 @@ def layer_stats(stats_file, spec: dict) -> ActivationStats:
     prefix = spec["name"]
     keys = set(stats_file.keys())
     tensors = {k: stats_file.get_tensor(k) for k in
-               [f"{prefix}.{f}" for f in (*CHANNEL_FIELDS, "gram", "grad")] if k in keys}
+               [f"{prefix}.{f}" for f in TENSOR_NAMES] if k in keys}
     return ActivationStats.from_tensors(tensors, prefix, layer_index=spec["layer_index"],
                                         num_layers=spec["num_layers"], name=spec["short_name"],
                                         nsamples=spec.get("nsamples", 0))

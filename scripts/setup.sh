@@ -45,6 +45,30 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt
   touch "$stamp"
 fi
 
+# The fast embedded LLM server (agent/embedded_server.py). llama-cpp-python ships as an sdist only:
+# its wheel is built once with the system compiler (a CPU build tuned to this machine, -j2) and
+# cached per version, so a new venv or a re-run installs it in seconds. If the build fails the run
+# still works: the embedded LLM then falls back to `transformers serve`, several times slower.
+LLAMA_CPP=$(sed -n 's/^llama_cpp_python==//p' constraints.txt)
+WHEELS=${AUTOPRUNE_WHEEL_CACHE:-$HOME/.cache/autoprune/wheels}/llama-cpp-python-$LLAMA_CPP
+if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('llama_cpp_python') != '$LLAMA_CPP')" 2>/dev/null; then
+  mkdir -p "$WHEELS"
+  if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_CPP"-*.whl >/dev/null 2>&1; then
+    log "building llama-cpp-python $LLAMA_CPP for the embedded LLM (once: 35 min here on 2 busy cores, less when idle)"
+    if ! CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_OPENSSL=OFF -DGGML_BLAS=OFF -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF" \
+        CMAKE_BUILD_PARALLEL_LEVEL=2 "$VENV/bin/pip" wheel --no-deps --no-binary llama-cpp-python \
+        -w "$WHEELS" "llama-cpp-python==$LLAMA_CPP" >"$WHEELS/build.log" 2>&1; then
+      log "llama-cpp-python did not build (tail of $WHEELS/build.log below): the embedded LLM will use transformers serve"
+      tail -n 15 "$WHEELS/build.log" >&2
+    fi
+  fi
+  if ls "$WHEELS"/llama_cpp_python-"$LLAMA_CPP"-*.whl >/dev/null 2>&1; then
+    log "installing llama-cpp-python $LLAMA_CPP from $WHEELS"
+    "$VENV/bin/pip" install -q -c constraints.txt --find-links "$WHEELS" --only-binary llama-cpp-python \
+      "llama-cpp-python[server]==$LLAMA_CPP"
+  fi
+fi
+
 if [ "${AUTOPRUNE_SKIP_SANDBOX_BUILD:-0}" != 1 ]; then
   log "building the sandbox image (cached after the first time)"
   "$VENV/bin/autoprune-agent" sandbox build

@@ -1,13 +1,16 @@
 """Shared set-up for the agent tests: a tiny Llama wired to the real sandbox, fitness and prompts.
 
-Only the LLM is scripted (a test double that replays fixed replies per node):
-every other service is the real one a user runs.
+Only the LLM's answers are scripted: `ScriptedLLM` is the real `LLMClient` (the `openai`
+client) talking HTTP to an OpenAI-compatible server on loopback that replays fixed replies
+per node, the node read from the prompt itself. Every other service is the real one a user runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+import os
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -15,27 +18,34 @@ from autoprune.agent.budget import Budget
 from autoprune.agent.config import RunConfig
 from autoprune.agent.finale import Finale
 from autoprune.agent.fitness import FitnessService
-from autoprune.agent.llm import LLMReply
+from autoprune.agent.llm import LLMClient
 from autoprune.agent.llm_journal import JournaledLLM
 from autoprune.agent.services import AgentServices, CandidateRunner, RunContext, RunTrace
 from autoprune.data import WindowSet
+from llm_server_support import SCRIPTED_SERVERS, FaultyLLMServer, node_of
 
 GOOD_EXPRESSION = "```python\nW.abs() * X.max_abs\n```"
 CRASHING_EXPRESSION = "```python\nW.abs() * X.norm[:3]\n```"      # passes the gate, fails to broadcast
 
 
-@dataclass
-class ScriptedLLM:
-    """Replies per node, in order (the last one repeats); records every request."""
+class ScriptedLLM(LLMClient):
+    """The real client against a scripted server: replies per node, in order (the last one repeats).
+    `requests` holds (node, messages) for every request the server answered."""
 
-    replies: dict[str, list[str]]
-    requests: list[tuple[str, list[dict]]] = field(default_factory=list)
+    def __init__(self, replies: dict[str, list[str]], **client_options):
+        self.replies = {node: list(queue) for node, queue in replies.items()}
+        self.requests: list[tuple[Optional[str], list[dict]]] = []
+        self.server = FaultyLLMServer(["ok"], reply=self.answer)
+        SCRIPTED_SERVERS.append(self.server)
+        super().__init__(self.server.base_url, "scripted", **{"max_retries": 0, "timeout": 30.0, **client_options})
 
-    def chat(self, messages, *, node, seed=None, **_options):
-        self.requests.append((node, messages))
+    def answer(self, body: dict) -> str:
+        node = node_of(body["messages"], tuple(self.replies))
+        self.requests.append((node, body["messages"]))
+        if node not in self.replies:
+            raise KeyError(f"no scripted reply for node {node!r} (scripted: {sorted(self.replies)})")
         queue = self.replies[node]
-        text = queue.pop(0) if len(queue) > 1 else queue[0]
-        return LLMReply(text=text, prompt_tokens=10, completion_tokens=5, seconds=0.01, model="scripted")
+        return queue.pop(0) if len(queue) > 1 else queue[0]
 
 
 def default_replies() -> dict[str, list[str]]:
@@ -50,12 +60,33 @@ def random_windows(n: int, seqlen: int = 32, seed: int = 1) -> WindowSet:
     return WindowSet(torch.randint(0, 256, (n, seqlen), generator=generator), f"{n}x{seqlen} random tokens")
 
 
-def tiny_services(model, run_dir: Path, llm: ScriptedLLM, *, budget: int = 2, backend: str = "process",
+@functools.lru_cache(maxsize=1)
+def agent_backend() -> str:
+    """The agent tests' sandbox: "docker" where an engine answers (the image is built if missing), else
+    "process". AUTOPRUNE_TEST_SANDBOX (conftest's --agent-sandbox) forces one; with
+    AUTOPRUNE_REQUIRE_DOCKER=1 a missing engine is an error, not a fallback."""
+    from autoprune.errors import SandboxError
+    from autoprune.sandbox.build import build_image
+
+    choice = os.environ.get("AUTOPRUNE_TEST_SANDBOX", "auto")
+    if choice == "process":
+        return "process"
+    try:
+        build_image(step=lambda message: None)
+    except SandboxError as exc:
+        if choice == "docker" or os.environ.get("AUTOPRUNE_REQUIRE_DOCKER", "") not in ("", "0"):
+            raise SandboxError(f"the agent tests must use the Docker sandbox here: {exc}") from None
+        return "process"
+    return "docker"
+
+
+def tiny_services(model, run_dir: Path, llm: ScriptedLLM, *, budget: int = 2, backend: Optional[str] = None,
                   **overrides) -> AgentServices:
     from autoprune.prompts.registry import get_prompt_set
     from autoprune.pruning.calibration import collect_activation_stats
     from autoprune.sandbox.bundle import write_scoring_bundle
 
+    backend = backend or agent_backend()
     config = RunConfig(budget=budget, sandbox=backend, seqlen=32, fitness_levels=[2, 4], calibration_samples=4,
                        sdsa_lambdas=[0.04], export_model=True, **overrides)
     run_dir = Path(run_dir)

@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny random models of each supported family, the embedded model, local data."""
+"""Shared fixtures: tiny random models of each supported family, the embedded model, local data;
+the agent tests' sandbox backend; the scripted LLM servers' clean-up.
+
+`AUTOPRUNE_REQUIRE_DOCKER=1` (set by scripts/test.sh, hence CI) turns every test that would skip
+for want of a Docker engine into a failure, and refuses the process backend for the agent tests."""
 
 from __future__ import annotations
 
@@ -10,6 +14,47 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 WIKITEXT = Path(os.environ.get("AUTOPRUNE_TEST_DATA", REPO.parent / "shared" / "data" / "wikitext-2"))
+REQUIRE_DOCKER_ENV = "AUTOPRUNE_REQUIRE_DOCKER"
+AGENT_SANDBOX_ENV = "AUTOPRUNE_TEST_SANDBOX"
+
+
+def docker_required() -> bool:
+    return os.environ.get(REQUIRE_DOCKER_ENV, "") not in ("", "0")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--agent-sandbox", choices=("auto", "docker", "process"), default="auto",
+                     help="sandbox backend of the agent tests (auto: docker when an engine answers, else process)")
+
+
+def pytest_configure(config):
+    if config.getoption("--agent-sandbox") != "auto":
+        os.environ[AGENT_SANDBOX_ENV] = config.getoption("--agent-sandbox")     # agent_support reads it
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Where Docker must be there, a test skipped for want of it has failed."""
+    report = (yield).get_result()
+    if report.skipped and docker_required() and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if item.get_closest_marker("docker") is not None or "docker" in reason.lower():
+            report.outcome = "failed"
+            report.longrepr = f"{REQUIRE_DOCKER_ENV}=1, but this Docker test was skipped: {reason}"
+
+
+@pytest.fixture(autouse=True)
+def scripted_llm_servers():
+    """Close the scripted LLM servers a test started; a request its script had no answer for fails it."""
+    from llm_server_support import SCRIPTED_SERVERS
+
+    yield
+    servers = list(SCRIPTED_SERVERS)
+    SCRIPTED_SERVERS.clear()
+    for server in servers:
+        server.close()
+    errors = [error for server in servers for error in server.errors]
+    assert not errors, f"the scripted LLM server could not answer: {errors}"
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ again is told the same thing). Every loop is bounded in time and stops by itself
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -85,7 +86,7 @@ class FaultyLLMServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def next_fault(self) -> Fault:
         with self._lock:
@@ -188,3 +189,54 @@ def agent_reply(body: dict) -> str:
             "HYPOTHESIS: input-scale: weights feeding inputs with large values matter\n"
             "LESSON: the input scale behaves like the norm\n"
             f"```python\n{expression}\n```")
+
+
+# ---- which graph node sent a request: read from the prompt itself ----
+SCRIPTED_SERVERS: list[FaultyLLMServer] = []     # servers behind the tests' ScriptedLLMs; conftest closes them
+MIN_FRAGMENT_CHARS = 12                          # shorter literal text ("```python") says nothing about the node
+
+
+def node_of(messages: list[dict], scripted: tuple[str, ...] = ()) -> Optional[str]:
+    """The node whose prompt template rendered `messages`: the one whose literal template text (what
+    no placeholder fills in) the prompt contains most of. A prompt from no template (a unit test's own
+    messages) belongs to the only scripted node, if there is one."""
+    text = "\n".join(str(m.get("content", "")) for m in messages)
+    scores = {node: sum(len(f) for f in fragments if f in text) for node, fragments in template_fragments().items()}
+    best = max(scores, key=scores.get)
+    if scores[best] > 0:
+        return best
+    return scripted[0] if len(scripted) == 1 else None
+
+
+@functools.lru_cache(maxsize=1)
+def template_fragments() -> dict[str, frozenset[str]]:
+    """node -> the literal lines of its templates (built-in GCoT and rate-search sets) that no other
+    node's templates share; read from the installed templates, so edits to them need nothing here."""
+    import jinja2
+
+    lexer = jinja2.Environment()
+    lines: dict[str, set[str]] = {}
+    for name, source, node in node_templates():
+        data = "".join(value for _, kind, value in lexer.lex(source) if kind == "data")
+        lines.setdefault(node, set()).update(
+            line.strip() for line in data.splitlines()
+            if len(line.strip()) >= MIN_FRAGMENT_CHARS and not line.strip().startswith("@@ "))
+    shared = {line for node, own in lines.items() for line in own
+              if any(line in other for o, other in lines.items() if o != node)}
+    return {node: frozenset(own - shared) for node, own in lines.items()}
+
+
+def node_templates() -> list[tuple[str, str, str]]:
+    """(template name, source, node) for every node template; the shared system and contract text is left out."""
+    from importlib.resources import files
+
+    from autoprune.prompts.registry import CODE_STYLES, get_prompt_set, load_folder
+
+    found = []
+    for name, source in get_prompt_set("gcot").templates.items():
+        base = next((name[: -len(style) - 1] for style in CODE_STYLES if name.endswith(f"_{style}")), name)
+        if base not in ("system", "contract"):
+            found.append((name, source, "write_code" if base == "repair" else base))
+    rates = load_folder(files("autoprune.prompts") / "templates" / "rates", "rates").templates
+    found += [(name, source, "propose") for name, source in rates.items() if name != "system"]
+    return found

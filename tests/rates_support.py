@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autoprune.agent.rates import RatesConfig
+from autoprune.agent.rates.config import RatesConfig
 from autoprune.models import LoadedModel, embedded_model_dir
 
 LAYERS = 4

@@ -7,7 +7,12 @@ checkpoint.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import sqlite3
+import threading
+import time
 from collections import Counter
 
 import pytest
@@ -18,7 +23,7 @@ from autoprune.agent.graph import build_graph
 from autoprune.agent.nodes.verify import verify
 from autoprune.agent.nodes.write_code import write_code
 from autoprune.agent.state import initial_state
-from autoprune.agent.trace import read_trace
+from autoprune.runlog.trace_file import read_trace
 
 from agent_support import GOOD_EXPRESSION, ScriptedLLM, default_replies, tiny_services
 
@@ -98,30 +103,41 @@ def test_trace_records_every_candidate_once(finished_run):
     assert events[-1]["type"] == "node_left" and events[-1]["node"] == "finalize"
 
 
-class CrashOnce:
-    """Wraps the sandbox runner: the N-th call dies like a killed process would."""
+def interrupt_when_sandboxing(run_dir, cid: str, timeout: float = 300.0) -> threading.Thread:
+    """Ctrl-C for real: SIGINT to this process as soon as the trace shows `cid` entering verify (its
+    sandbox run in flight), wherever the run is then."""
+    def sandboxing() -> bool:
+        path = run_dir / "trace.jsonl"
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
+        events = [json.loads(line) for line in lines if line.endswith("}")]
+        written = next((e["seq"] for e in events if e["type"] == "candidate" and e["id"] == cid), None)
+        return written is not None and any(e["type"] == "node_entered" and e["node"] == "verify"
+                                           and e["seq"] > written for e in events)
 
-    def __init__(self, runner, crash_on: int):
-        self.runner, self.crash_on, self.calls = runner, crash_on, 0
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if sandboxing():
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.005)
 
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        if self.calls == self.crash_on:
-            raise KeyboardInterrupt("simulated kill")
-        return self.runner(*args, **kwargs)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher
 
 
 def test_interrupted_run_resumes_from_the_checkpoint(tmp_path):
-    from autoprune.sandbox.api import run_candidate
     from langgraph.checkpoint.sqlite import SqliteSaver
 
     model, thread = tiny_llama_model(), {"configurable": {"thread_id": "r"}, "recursion_limit": 500}
     llm = ScriptedLLM(default_replies())
     services = tiny_services(model, tmp_path, llm, budget=2)
-    services.sandbox._run = CrashOnce(run_candidate, crash_on=5)       # the 2nd LLM candidate, in flight
+    interrupt_when_sandboxing(tmp_path, "g001-a1")                      # the 2nd LLM candidate, in flight
     with sqlite3.connect(tmp_path / "checkpoints.sqlite", check_same_thread=False) as conn:
         with pytest.raises(KeyboardInterrupt):
             build_graph(services, SqliteSaver(conn)).invoke(start(services, "r"), thread)
+    assert not [e for e in read_trace(tmp_path).events if e["type"] == "verdict" and e["id"] == "g001-a1"]
     calls_before = len(llm.requests)
     resumed = tiny_services(model, tmp_path, llm, budget=2)             # a fresh process: new services
     with sqlite3.connect(tmp_path / "checkpoints.sqlite", check_same_thread=False) as conn:

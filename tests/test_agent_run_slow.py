@@ -18,11 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from autoprune.agent.trace import read_trace
+from autoprune.runlog.trace_file import read_trace
 
 pytestmark = pytest.mark.slow
-SMALL = ["--nsamples", "4", "--seqlen", "256", "--fitness-levels", "2,4", "--test-windows", "4",
+# Small enough for CI (the embedded models are the subject, not the protocol): 128-token windows, two
+# test windows, a budget of 2 (the kill lands on the first LLM candidate, the resume does the rest).
+SMALL = ["--nsamples", "4", "--seqlen", "128", "--fitness-levels", "2,4", "--test-windows", "2",
          "--llm-max-tokens", "64"]
+BUDGET = 2
 
 
 # One thread per process: on a shared, busy CPU two OpenMP threads per process run ~5x slower.
@@ -48,7 +51,7 @@ def wait_for_candidate_in_flight(run_dir: Path, proc: subprocess.Popen, timeout:
 
 def stop_leftover_server(run_dir: Path) -> None:
     """After a failed assertion, do not leave the killed run's embedded server behind."""
-    from autoprune.agent.run import stop_stale_server
+    from autoprune.agent.runtime.endpoint import stop_stale_server
 
     stop_stale_server(run_dir)
 
@@ -67,7 +70,7 @@ def server_alive(run_dir: Path) -> bool:
 @pytest.mark.timeout(3600)      # the embedded LLM on a busy CPU: minutes per generation
 def test_killed_run_resumes_and_finishes_without_lost_or_duplicated_candidates(tmp_path, wikitext_dir):
     run_dir = tmp_path / "run"
-    args = ["run", "--budget", "3", "--sandbox", "process", "--data", str(wikitext_dir), *SMALL,
+    args = ["run", "--budget", str(BUDGET), "--sandbox", "process", "--data", str(wikitext_dir), *SMALL,
             "--out", str(run_dir), "--json"]
     with (tmp_path / "killed-run.log").open("wb") as log:   # a pipe nobody reads could block the run
         proc = subprocess.Popen(cli(*args), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=ENV)
@@ -99,7 +102,7 @@ def test_killed_run_resumes_and_finishes_without_lost_or_duplicated_candidates(t
     assert sorted(e["submitted"] for e in llm_verdicts) == list(range(1, summary["budget_used"] + 1))
     # every LLM candidate that was written got its verdict, unless the budget was spent first
     unsent = set(candidates) - {e["id"] for e in llm_verdicts}
-    assert not unsent or summary["budget_used"] == 3
+    assert not unsent or summary["budget_used"] == BUDGET
 
     assert summary["best"]["id"] and summary["wanda_fitness"] > 1
     assert set(summary["test"]) >= {"dense", "uniform", "wanda_uniform"}

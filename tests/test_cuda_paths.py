@@ -15,7 +15,7 @@ import torch
 
 from agent_support import ScriptedLLM
 from rates_support import small_wikitext, tiny_config, tiny_loaded, tokenizer  # noqa: F401 (fixtures)
-from autoprune.agent.rates import run_rates_search
+from autoprune.agent.rates.mode import run_rates_search
 from autoprune.evaluators.latency import convert_linears_to_2to4, decode_tokens_per_second, tokens_per_second
 from autoprune.evaluators.perplexity import perplexity
 from autoprune.models import LoadedModel

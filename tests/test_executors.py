@@ -7,12 +7,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from autoprune.agent.executors import (EvaluationTask, EvaluationWorker, LocalPoolExecutor, SerialExecutor, WorkerSpec,
-                                      make_executor)
+from autoprune.agent.executors import EvaluationTask, EvaluationWorker, LocalPoolExecutor, WorkerSpec, make_executor
 from autoprune.data import calibration_windows, load_corpus
 from autoprune.errors import BadInputError
 from autoprune.pruning.calibration import collect_activation_stats
@@ -51,7 +51,7 @@ def comparable(results):
 
 @pytest.fixture(scope="module")
 def serial_results(small_run):
-    executor = SerialExecutor(small_run)
+    executor = make_executor("serial", small_run)
     try:
         return executor.map(tasks())
     finally:
@@ -158,14 +158,14 @@ def check_batched_run(state, model, windows, run_dir) -> None:
     """Two candidates per hypothesis, verified and scored in one verify visit; worker NLLs == host NLLs."""
     from autoprune.agent.fitness import FitnessService
     from autoprune.agent.mask_files import load_masks
-    from autoprune.agent.trace import read_trace
+    from autoprune.runlog.trace_file import read_trace
 
     assert state["budget_used"] == 4 and sum(state["verdicts"].values()) == 7
     assert set(state["verdicts"]) <= {"ok", "duplicate"}              # near-twins on a random tiny model
     assert {"g001-a0", "g001-a1", "g002-a0", "g002-a1"} <= set(state["candidates"])
     events = read_trace(run_dir).events
     verify_visits = [e for e in events if e["type"] == "node_entered" and e["node"] == "verify"]
-    assert len(verify_visits) == 3                                   # seeds, then two batches of two
+    assert len(verify_visits) == 4                # three seeds two at a time, then two batches of two
     host = FitnessService(model, windows, [2, 4])
     compared = 0
     for cid, rec in state["candidates"].items():
@@ -216,7 +216,8 @@ def test_the_host_catches_a_worker_that_lies(small_run, tiny_llama_dir, wikitext
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from autoprune.agent.executors import check_on_host, scoring_request
+    from autoprune.agent.executors import CandidateRunner, check_on_host
+    from autoprune.pruning.masks import SparsityPattern
     from autoprune.agent.fitness import FitnessService
     from autoprune.data import fitness_windows
     from autoprune.sandbox.bundle import ScoringBundle
@@ -235,7 +236,8 @@ def test_the_host_catches_a_worker_that_lies(small_run, tiny_llama_dir, wikitext
                               nwindows=max(small_run.levels), seqlen=small_run.seqlen)
     host = FitnessService(model, windows, list(small_run.levels))
     bundle = ScoringBundle.open(small_run.bundle_dir)
-    request = scoring_request(bundle, small_run)
+    request = CandidateRunner(bundle, SparsityPattern.parse(small_run.pattern), small_run.sparsity,
+                              small_run.backend).request()
 
     def check(cid, **kwargs):
         return check_on_host(results[cid], wanda, bundle, request, host, level=0, **kwargs)
@@ -257,11 +259,62 @@ def test_the_host_catches_a_worker_that_lies(small_run, tiny_llama_dir, wikitext
     assert check_on_host(results["honest"], "import os\n", bundle, request, host).status == "rejected-static"
 
 
-def test_workers_use_the_hosts_seed_and_device(small_run):
-    """Issue 17: a 'self' corpus depends on --seed, fitness on the device; the spec carries both."""
-    from dataclasses import replace
+def test_the_worker_spec_is_built_from_the_runs_config(tmp_path):
+    """Issue 17: one function turns the run's settings into a worker's, seed, data and device included
+    (a 'self' corpus depends on --seed, fitness on the device), and the spec survives pickling."""
+    import pickle
 
-    assert replace(small_run, seed=3).seed == 3
-    assert replace(small_run, device="cuda", gpu="1").model_device() == "cuda:1"
-    assert replace(small_run, device="cuda").model_device() == "cuda"
-    assert replace(small_run, gpu="1").model_device() == "cpu"
+    import torch
+
+    from autoprune.agent.config import RunConfig
+    from autoprune.agent.executors import slot_specs
+
+    config = RunConfig(model="some/model", data="self", seed=7, seqlen=64, sparsity=0.6, pattern="2:4",
+                       sandbox="process", candidate_timeout_s=33, executor="local", workers=2)
+    spec = WorkerSpec.from_config(config, tmp_path / "bundle", [2, 4])
+    assert (spec.model, spec.data, spec.seed, spec.seqlen, spec.sparsity, spec.pattern, spec.backend) == (
+        "some/model", "self", 7, 64, 0.6, "2:4", "process")
+    assert spec.levels == (2, 4) and spec.bundle_dir == str((tmp_path / "bundle").resolve())
+    assert spec.limits.timeout_s == 33 and spec.limits.gpus is None and spec.device == "cpu"
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    on_gpus = WorkerSpec.from_config(config.model_copy(update={"gpus": "0,1"}), tmp_path / "bundle", [2, 4])
+    assert on_gpus.device == ("cuda" if torch.cuda.is_available() else "cpu") and on_gpus.limits.gpus == "0,1"
+    slots = slot_specs(replace(on_gpus, device="cuda"), 2, ["0", "1"])
+    assert [s.model_device() for s in slots] == ["cuda:0", "cuda:1"] and {s.seed for s in slots} == {7}
+    assert replace(spec, gpu="1").model_device() == "cpu"               # a CPU host keeps its workers on CPU
+
+
+def test_the_default_executor_is_the_hosts_own_runner_and_fitness(tmp_path, tiny_llama):
+    """Serial runs evaluate through `SerialExecutor.resident`: the same worker code as a pool's, on the
+    host's runner and fitness service (whose NLLs it caches), with nothing to spot-check."""
+    from agent_support import tiny_services
+    from autoprune.agent.executors import SerialExecutor
+    from autoprune.agent.fitness import FitnessService
+    from autoprune.pruning.masks import unpack_mask
+
+    services = tiny_services(tiny_llama, tmp_path, None)
+    executor = SerialExecutor.resident(services.sandbox, services.fitness)
+    assert executor.trusted and executor.workers == 1
+    assert executor.worker.runner is services.sandbox and executor.worker.fitness is services.fitness
+    (result,) = executor.map([EvaluationTask("wanda", CANDIDATES["wanda"], level=0)])
+    bundle = services.sandbox.bundle
+    masks = {name: unpack_mask(result.packed_masks[name], bundle.layer(name).shape) for name in bundle.names}
+    fresh = FitnessService(tiny_llama, services.fitness.windows, services.fitness.levels)
+    assert result.status == "ok" and result.nlls == pytest.approx(fresh.evaluate("w", lambda: masks, 0), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_a_self_data_worker_scores_the_hosts_windows(tmp_path, tiny_llama_dir):
+    """`--data self --seed 7`: a worker built from the run's config samples the host's text and so
+    scores exactly the host's fitness windows (a worker on another seed would not)."""
+    import torch
+
+    from autoprune.agent.config import RunConfig
+    from autoprune.agent.setup import prepare
+
+    config = RunConfig(model=str(tiny_llama_dir), data="self", seed=7, seqlen=32, fitness_levels=[2, 4],
+                       calibration_samples=2, sandbox="process", executor="local", workers=2)
+    prepared = prepare(config, tmp_path)
+    spec = WorkerSpec.from_config(config, prepared.bundle.folder, prepared.fitness.levels)
+    worker = EvaluationWorker.from_spec(spec)
+    assert torch.equal(worker.fitness.windows.ids, prepared.fitness.windows.ids)

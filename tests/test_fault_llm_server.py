@@ -156,7 +156,7 @@ def test_a_server_that_never_answers_is_bounded_by_the_timeout(serve):
 def test_the_journal_records_a_failed_call_in_the_trace_and_a_resume_asks_again(serve, tmp_path):
     from autoprune.agent.llm_journal import JOURNAL_FILE, JournaledLLM
     from autoprune.agent.services import RunTrace
-    from autoprune.agent.trace import read_trace
+    from autoprune.runlog.trace_file import read_trace
 
     server = serve("500", "500", "ok")
     trace = RunTrace(tmp_path)
@@ -186,7 +186,7 @@ def test_a_tiny_agent_run_survives_a_failing_endpoint_and_records_every_failure(
     from autoprune.agent.graph import build_graph
     from autoprune.agent.state import initial_state
     from autoprune.agent.summary import summarise
-    from autoprune.agent.trace import read_trace
+    from autoprune.runlog.trace_file import read_trace
 
     from agent_support import tiny_services
 

@@ -25,10 +25,11 @@ from autoprune.agent.checkpoints import CHECKPOINTS, ProjectSerializer, checked_
 from autoprune.agent.config import RunConfig, load_config, resume_config
 from autoprune.agent.graph import build_graph
 from autoprune.agent.llm_journal import JOURNAL_FILE, JournaledLLM, exchange_key
-from autoprune.agent.run import original_run_id
+from autoprune.agent.runtime.folder import original_run_id
 from autoprune.agent.rates.state import RatesState
 from autoprune.agent.state import AgentState, initial_state
-from autoprune.agent.trace import TraceWriter, read_trace
+from autoprune.agent.trace import TraceWriter
+from autoprune.runlog.trace_file import read_trace
 from autoprune.errors import BadInputError, TraceError
 from autoprune.reports.build import build_report
 from autoprune.reports.run_data import load_run
@@ -432,7 +433,7 @@ def test_a_corrupt_model_profile_cache_is_computed_again(tmp_path, tiny_llama):
 
 
 def test_a_stale_server_pid_file_cannot_get_another_process_killed(tmp_path):
-    from autoprune.agent.run import SERVER_PID_FILE, stop_stale_server
+    from autoprune.agent.runtime.endpoint import SERVER_PID_FILE, stop_stale_server
 
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "serve", "--port", "80"],
                               start_new_session=True)

@@ -103,18 +103,28 @@ def test_example_metric_and_allocator_prune_through_the_cli(plugin_venv, tiny_ll
 
 @pytest.mark.slow
 def test_example_prompt_set_and_evaluator_in_a_real_short_run(plugin_venv, tiny_llama_dir, wikitext_dir):
-    """A real `run` (embedded LLM server, process sandbox, tiny model to prune) with the plugin's prompt
+    """A real `run` (the real client against a scripted OpenAI-compatible server on loopback: the prompts,
+    not the LLM, are the subject; the agent tests' sandbox; tiny model to prune) with the plugin's prompt
     set, then `eval` of the exported model with the plugin's evaluator next to perplexity."""
-    from autoprune.agent.trace import read_trace
+    from agent_support import agent_backend
+    from autoprune.runlog.trace_file import read_trace
+    from llm_server_support import FaultyLLMServer, agent_reply
 
     run_dir = plugin_venv.parent / "plugin-run"
-    done = run_in(plugin_venv, f"""
-        from autoprune.cli import main
-        main(["run", "--budget", "1", "--model", {str(tiny_llama_dir)!r}, "--prompts", "gcot-terse",
-              "--sandbox", "process", "--data", {str(wikitext_dir)!r}, "--nsamples", "2", "--seqlen", "64",
-              "--fitness-levels", "1,2", "--test-windows", "2", "--out", {str(run_dir)!r}, "--json"])
-    """, timeout=1200)
+    server = FaultyLLMServer(["ok"], reply=agent_reply)
+    try:
+        done = run_in(plugin_venv, f"""
+            from autoprune.cli import main
+            main(["run", "--budget", "1", "--model", {str(tiny_llama_dir)!r}, "--prompts", "gcot-terse",
+                  "--llm-base-url", {server.base_url!r}, "--llm-model", "scripted", "--code-style", "expression",
+                  "--sandbox", {agent_backend()!r}, "--data", {str(wikitext_dir)!r}, "--nsamples", "2",
+                  "--seqlen", "64", "--fitness-levels", "1,2", "--test-windows", "2", "--out", {str(run_dir)!r},
+                  "--json"])
+        """, timeout=1200)
+    finally:
+        server.close()
     assert done.returncode == 0, done.stderr[-3000:]
+    assert server.served and not server.errors
     events = read_trace(run_dir).events
     started = next(e for e in events if e["type"] == "run_started")
     assert started["config"]["prompts"] == "gcot-terse"

@@ -1,7 +1,8 @@
 """`prune --method FILE.py`: every cheap check (the static gate, the file, the flags) runs before the
 model is loaded, so a rejected candidate costs a second, not a dense evaluation of the test split.
 
-`--model` names a folder that does not exist: whichever message wins shows what ran first.
+`--model` names a folder that looks like a model on disk (it passes the flag checks, which only
+look at the file system) but cannot be loaded: whichever message wins shows what ran first.
 """
 
 from __future__ import annotations
@@ -16,9 +17,15 @@ CLI = [sys.executable, "-c", "from autoprune.cli import main; main()"]
 GOOD = "def score(W, X):\n    return W.abs() * X.norm\n"
 
 
-def prune(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+LOAD_FAILED = "could not load model"
+
+
+def prune(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    unloadable = tmp_path / "unloadable-model"
+    unloadable.mkdir(exist_ok=True)
+    (unloadable / "config.json").write_text("{not json")
     started = time.perf_counter()
-    done = subprocess.run([*CLI, "prune", "--model", "/nonexistent/model", *args], capture_output=True, text=True,
+    done = subprocess.run([*CLI, "prune", "--model", str(unloadable), *args], capture_output=True, text=True,
                           timeout=120)
     return done, time.perf_counter() - started
 
@@ -30,25 +37,25 @@ def prune(*args: str) -> tuple[subprocess.CompletedProcess, float]:
 def test_a_rejected_candidate_exits_2_with_the_gate_message_before_any_model_load(tmp_path, source, fragment):
     candidate = tmp_path / "cand.py"
     candidate.write_text(source)
-    done, seconds = prune("--method", str(candidate), "--sparsity", "0.5", "--sandbox", "process")
+    done, seconds = prune(tmp_path, "--method", str(candidate), "--sparsity", "0.5", "--sandbox", "process")
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert "rejected-static" in lines[0] and fragment in lines[0], lines[0]
-    assert "model not found" not in done.stderr          # the gate ran before the model load
+    assert LOAD_FAILED not in done.stderr                # the gate ran before the model load
     assert seconds < 20, f"a rejection took {seconds:.1f} s"
 
 
 @pytest.mark.parametrize("args,fragment", [
     (["--method", "{missing}", "--sparsity", "0.5"], "candidate file not found"),
     (["--method", "{good}", "--sparsity", "1.5"], "sparsity"),
-    (["--method", "{good}", "--sparsity", "0.5"], "model not found"),   # a good file passes on to the load
+    (["--method", "{good}", "--sparsity", "0.5"], LOAD_FAILED),   # a good file passes on to the load
 ])
 def test_other_cheap_checks_also_come_before_the_model_load(tmp_path, args, fragment):
     good = tmp_path / "good.py"
     good.write_text(GOOD)
     filled = [a.format(good=good, missing=tmp_path / "missing.py") for a in args]
-    done, _ = prune(*filled)
+    done, _ = prune(tmp_path, *filled)
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in done.stderr, done.stderr

@@ -48,7 +48,8 @@ def test_sdsa_gives_heavier_tails_less_sparsity(mapping, source):
 def test_bounds_stay_exact_when_clipping_is_needed():
     # One huge block pinned at a bound forces the others to absorb the difference.
     params = [10_000, 10, 10, 10]
-    prof = [{"outlier_ratio": o, "skewness": s} for o, s in [(0.0, 0.0), (1.0, 9.0), (0.5, 5.0), (0.2, 1.0)]]
+    prof = [{"outlier_ratio": o, "skewness": s, "weight_skewness": s}
+            for o, s in [(0.0, 0.0), (1.0, 9.0), (0.5, 5.0), (0.2, 1.0)]]
     for name in ("owl", "sdsa"):
         ratios = allocate_sparsity(name, 0.5, prof, params, lam=0.1)
         assert weighted_mean(ratios, params) == pytest.approx(0.5, abs=1e-9)
@@ -56,7 +57,7 @@ def test_bounds_stay_exact_when_clipping_is_needed():
 
 
 def test_equal_profiles_give_uniform():
-    flat = [{"outlier_ratio": 0.01, "skewness": 2.0}] * 4
+    flat = [{"outlier_ratio": 0.01, "skewness": 2.0, "weight_skewness": 1.5}] * 4
     for name in ("owl", "sdsa"):
         assert allocate_sparsity(name, 0.5, flat, [1, 2, 3, 4]) == pytest.approx([0.5] * 4)
 

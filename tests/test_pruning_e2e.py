@@ -16,7 +16,7 @@ def test_prune_export_reload_gives_the_same_perplexity(wikitext_dir, tmp_path):
     from autoprune import data as data_module
     from autoprune.evaluators.perplexity import perplexity
     from autoprune.pruning.config import EvalConfig, PruneConfig, make_config
-    from autoprune.pruning.pipeline import run_eval_job, run_prune_job
+    from autoprune.jobs import run_eval_job, run_prune_job
 
     out = tmp_path / "pruned"
     config = make_config(PruneConfig, method="wanda", sparsity=0.5, data=str(wikitext_dir), nsamples=4,

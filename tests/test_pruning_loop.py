@@ -16,7 +16,8 @@ from autoprune.pruning.calibration import (capture_block_inputs, collect_activat
 from autoprune.pruning.loop import prune_model
 from autoprune.pruning.masks import SparsityPattern
 from autoprune.pruning.methods import PrecomputedMasks
-from autoprune.pruning.metrics import CandidateMetric, get_metric
+from autoprune.pruning.metrics import get_metric
+from autoprune.pruning.metrics.candidate import CandidateMetric
 from autoprune.pruning.sparsegpt import SparseGPTPruner
 
 METHODS = ["magnitude", "wanda", "ria", "pruner-zero", "sparsegpt"]

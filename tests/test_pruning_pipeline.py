@@ -7,7 +7,7 @@ import math
 import pytest
 
 from autoprune.pruning.config import EvalConfig, PruneConfig, make_config
-from autoprune.pruning.pipeline import run_eval_job, run_prune_job
+from autoprune.jobs import run_eval_job, run_prune_job
 
 SMALL = dict(nsamples=2, seqlen=64, eval_windows=2, progress=False)
 

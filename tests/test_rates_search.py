@@ -15,8 +15,9 @@ import torch
 
 from agent_support import ScriptedLLM
 from rates_support import LAYERS, small_wikitext, tiny_config, tiny_loaded, tokenizer  # noqa: F401 (fixtures)
-from autoprune.agent.rates import RatesConfig, run_rates_search
-from autoprune.agent.trace import read_trace
+from autoprune.agent.rates.config import RatesConfig
+from autoprune.agent.rates.mode import run_rates_search
+from autoprune.runlog.trace_file import read_trace
 from autoprune.errors import BadInputError
 from autoprune.pruning.param_budget import kept_parameter_fraction, mean_rate_for_params
 from autoprune.pruning.structured import decoder_parameter_count, load_structured_model, prune_structured
@@ -133,6 +134,44 @@ def test_resume_continues_without_redoing_finished_work(tmp_path, tokenizer, sma
     assert resumed["final"]["winner"] == first["final"]["winner"]
     with pytest.raises(Exception, match="--resume"):
         run_rates_search(config, loaded=tiny_loaded(tokenizer), llm=again)
+
+
+def test_rate_search_runs_on_the_agent_runtime(tmp_path, tokenizer, small_wikitext):
+    """The runtime's guarantees in rate mode: the run_started header names the mode, every LLM
+    exchange goes through the journal, node_left carries seconds, the Budget's stop reason is
+    recorded, and the report is written from the trace as for program search."""
+    from autoprune.agent.llm_journal import JOURNAL_FILE
+    from autoprune.reports.run_data import load_run
+
+    config = tiny_config(tmp_path / "run", small_wikitext, budget=1, export=False, reconstruct=False)
+    summary = run_rates_search(config, loaded=tiny_loaded(tokenizer), llm=ScriptedLLM({"propose": ["x"]}))
+    events = read_trace(config.run_dir).events
+    started = next(e for e in events if e["type"] == "run_started")
+    assert started["mode"] == "rates" and started["config"]["budget"] == 1 and started["constraint"]["layers"] == LAYERS
+    assert (config.run_dir / JOURNAL_FILE).read_text().count("\n") == 2        # two attempts, both journaled
+    assert all("seconds" in e for e in events if e["type"] == "node_left")
+    assert summary["stop_reason"] == "candidate budget spent (1 offspring evaluated)"
+    child = next(e for e in events if e["type"] == "verdict" and e["id"] == "g1" and e["status"] == "ok")
+    assert child["submitted"] == 1
+    view = load_run(config.run_dir)
+    assert view.status == "finished" and "g1" in view.candidates and not view.problems
+    assert "g1" in (config.run_dir / "report" / "report.md").read_text()      # written by the runtime
+
+
+def test_a_failed_rate_search_records_run_failed_and_a_fresh_run_refuses_the_folder(tmp_path, tokenizer,
+                                                                                     small_wikitext):
+    data = tmp_path / "vanishing-data"
+    data.mkdir()
+    config = tiny_config(tmp_path / "run", data, budget=1)
+    data.rmdir()                      # there when the flags were checked, gone when the search reads it
+    with pytest.raises(Exception) as failure:
+        run_rates_search(config, loaded=tiny_loaded(tokenizer), llm=ScriptedLLM({"propose": ["x"]}))
+    failed = [e for e in read_trace(config.run_dir).events if e["type"] == "run_failed"]
+    assert failed and failed[-1]["kind"] == type(failure.value).__name__
+    with pytest.raises(BadInputError, match="--resume"):
+        run_rates_search(config, loaded=tiny_loaded(tokenizer), llm=ScriptedLLM({"propose": ["x"]}))
+    with pytest.raises(BadInputError, match="not a run folder"):
+        run_rates_search(tiny_config(tmp_path / "empty", small_wikitext, resume=True), loaded=tiny_loaded(tokenizer))
 
 
 @pytest.mark.slow

@@ -15,8 +15,8 @@ from autoprune.pruning.calibration import target_linears
 from autoprune.pruning.loop import prune_model
 from autoprune.pruning.masks import SparsityPattern, scores_to_mask
 from autoprune.pruning.metrics import get_metric
-from autoprune.pruning.reconstruct import (damped_gram, exact_refit, get_reconstruction, layer_error,
-                                           reconstruction_name)
+from autoprune.pruning.choices import RECONSTRUCTION_NAMES, reconstruction_name
+from autoprune.pruning.reconstruct import RECONSTRUCTIONS, damped_gram, exact_refit, get_reconstruction, layer_error
 from autoprune.pruning.sparsegpt import DAMP, reconstruct as obs_reconstruct
 from autoprune.adapters import linear_weight
 from tests.test_pruning_sparsegpt import correlated_layer
@@ -67,6 +67,7 @@ def test_exact_refit_never_raises_the_layer_error_and_keeps_the_mask(metric, spa
 
 
 def test_reconstruction_names_and_errors():
+    assert tuple(RECONSTRUCTIONS) == RECONSTRUCTION_NAMES     # the names flags are checked against, all implemented
     assert reconstruction_name(True) == "obs" and reconstruction_name(False) == "none"
     with pytest.raises(BadInputError, match="unknown reconstruction"):
         reconstruction_name("magic")

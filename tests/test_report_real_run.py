@@ -15,7 +15,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def agent_run(tmp_path_factory):
     support = pytest.importorskip("agent_support")
-    from autoprune.agent.run import drive_graph
+    from autoprune.agent.run import ProgramSearch
+    from autoprune.agent.runtime.mode import Run
+    from autoprune.agent.runtime.run import drive
     from conftest import tiny_llama_config
     from transformers import LlamaForCausalLM
 
@@ -29,7 +31,8 @@ def agent_run(tmp_path_factory):
     services.trace.emit("run_started", run_id="tiny", config=services.config.model_dump(mode="json"),
                         model="tiny-llama", protocol={"levels": services.fitness.levels, "seqlen": 32})
     with sqlite3.connect(run_dir / "checkpoints.sqlite", check_same_thread=False) as conn:
-        state = drive_graph(services, conn, "tiny", resumed=False, live=False)
+        state = drive(ProgramSearch(services.config), services, conn, Run(run_dir, "tiny", False, services.trace),
+                      live=False)
     services.trace.emit("run_finished", summary={"stop_reason": state.get("stop_reason")})
     return run_dir
 

@@ -339,7 +339,7 @@ def test_a_host_error_for_one_candidate_becomes_its_recorded_verdict(tmp_path, t
     from autoprune.agent.nodes.verify import verify
     from autoprune.agent.services import CandidateRunner
     from autoprune.agent.state import initial_state
-    from autoprune.agent.trace import read_trace
+    from autoprune.runlog.trace_file import read_trace
     from autoprune.errors import SandboxError
     from autoprune.sandbox.api import run_candidate
 

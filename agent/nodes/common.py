@@ -11,7 +11,7 @@ from autoprune.agent.insights import InsightGraph
 from autoprune.agent.llm import LLMRequestRefused
 from autoprune.agent.llm_journal import Exchange
 from autoprune.agent.services import AgentServices
-from autoprune.agent.state import AgentState, add_timing
+from autoprune.agent.state import AgentState, add_timings
 from autoprune.errors import LLMError
 
 NODE_SEED_OFFSETS = {"analyse": 1, "hypothesise": 2, "write_code": 3, "reflect": 4}
@@ -59,30 +59,29 @@ def ask(services: AgentServices, state: AgentState, node: str, *, attempt: int =
     tokens["prompt"] = tokens.get("prompt", 0) + exchange.prompt_tokens
     tokens["completion"] = tokens.get("completion", 0) + exchange.completion_tokens
     accounting = {"llm_calls": int(state.get("llm_calls", 0)) + 1, "tokens": tokens,
-                  "timings": add_timing(state, "llm", exchange.seconds)}
+                  "timings": add_timings(state, llm=exchange.seconds)}
     return exchange, accounting
 
 
 def prompt_context(services: AgentServices, state: AgentState) -> dict:
-    """Context every template may read (prompts/registry.DEFAULT_CONTEXT names them)."""
+    """Context every template may read (prompts/registry.DEFAULT_CONTEXT names them). The elite's
+    entries are built once: the registry renders `archive_brief` without their code, `archive` with it."""
     cfg = services.config
+    elite = archive_entries(services, state)
     return {"model_name": services.context.model_name, "sparsity": cfg.sparsity, "pattern": cfg.pattern,
             "model_profile": services.context.model_profile, "analysis": state.get("analysis") or None,
             "insights": InsightGraph.from_dict(state.get("insights")).render(),
-            "archive_brief": archive_entries(services, state, with_code=False),
-            "elite": archive_entries(services, state, with_code=False),
-            "archive": archive_entries(services, state, with_code=True),
-            "has_gram": services.context.has_gram, "code_style": services.context.code_style}
+            "archive_brief": elite, "elite": elite, "archive": elite,
+            **services.context.offered(), "code_style": services.context.code_style}
 
 
-def archive_entries(services: AgentServices, state: AgentState, *, with_code: bool) -> list[dict]:
-    """The elite as dicts the prompt registry renders (code, hypothesis, fitness, reflection)."""
+def archive_entries(services: AgentServices, state: AgentState) -> list[dict]:
+    """The elite as dicts the prompt registry renders (code, hypothesis, fitness, reflection, expression)."""
     candidates = state.get("candidates", {})
     entries = []
     for cid in state.get("archive", [])[: services.config.elite_k]:
         rec = candidates[cid]
         source = read_source(services.run_dir, rec)
         entries.append({"hypothesis": rec.get("hypothesis") or cid, "fitness": rec.get("fitness"),
-                        "reflection": rec.get("reflection", ""), "code": source if with_code else "",
-                        "expression": expression_of(source)})
+                        "reflection": rec.get("reflection", ""), "code": source, "expression": expression_of(source)})
     return entries

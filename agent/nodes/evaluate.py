@@ -9,13 +9,12 @@ from autoprune.agent.archive import WANDA_ID
 from autoprune.agent.fitness import perplexity_of
 from autoprune.agent.mask_files import load_masks
 from autoprune.agent.services import AgentServices
-from autoprune.agent.state import AgentState, add_timing
+from autoprune.agent.state import AgentState, add_timings
 
 
 def evaluate(state: AgentState, services: AgentServices) -> dict:
     candidates = dict(state.get("candidates", {}))
-    timings = dict(state.get("timings", {}))
-    fitness = services.fitness
+    fitness, fitness_seconds = services.fitness, 0.0
     for cid, level in state.get("pending_evals", []):
         record = dict(candidates[cid])
         if not record.get("masks_path"):
@@ -29,9 +28,9 @@ def evaluate(state: AgentState, services: AgentServices) -> dict:
         if level >= record.get("level", -1):
             record.update(level=level, fitness=ppl)
         candidates[cid] = record
-        timings = add_timing({"timings": timings}, "fitness", seconds)
+        fitness_seconds += seconds
         services.trace.emit("fitness", id=cid, level=level, nwindows=len(nlls), nlls=[round(v, 5) for v in nlls],
                             ppl=ppl, seconds=round(seconds, 3))
         if cid == WANDA_ID:
             services.trace.emit("baseline", name="wanda", level=level, nwindows=len(nlls), ppl=ppl)
-    return {"candidates": candidates, "pending_evals": [], "timings": timings}
+    return {"candidates": candidates, "pending_evals": [], "timings": add_timings(state, fitness=fitness_seconds)}

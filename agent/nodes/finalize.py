@@ -1,21 +1,20 @@
 """finalize: the trusted finale (full fidelity, allocations, test split, export).
 
 The report (Markdown, HTML, plots) is written from the trace once the run has finished
-(`agent.run`), by the same code as `autoprune-agent report`.
+(`agent.runtime.run`), by the same code as `autoprune-agent report`. The stop reason recorded
+here is the Budget's: the routes that lead here went because it had none left.
 """
 
 from __future__ import annotations
 
 from autoprune.agent.services import AgentServices
-from autoprune.agent.state import AgentState, add_timing
+from autoprune.agent.state import AgentState, add_timings
 
 
 def finalize(state: AgentState, services: AgentServices) -> dict:
-    stop_reason = state.get("stop_reason") or services.budget.stop_reason(state) or "search finished"
+    stop_reason = services.budget.stop_reason(state) or "search finished"     # what the route to here saw
     final = services.finale.run(state)
-    timings = dict(state.get("timings", {}))
-    for kind in ("sandbox", "fitness"):
-        timings = add_timing({"timings": timings}, kind, final["timings"].get(kind, 0.0))
+    timings = add_timings(state, **{kind: final["timings"].get(kind, 0.0) for kind in ("sandbox", "fitness")})
     services.trace.emit("final_result", **{k: v for k, v in final.items() if k != "winner"},
                         winner={k: v for k, v in final["winner"].items() if k != "source"})
     return {"final": final, "phase": "final", "stop_reason": stop_reason, "timings": timings}

@@ -56,11 +56,6 @@ def results_text(state: AgentState, latest: list[dict], evidence: list[Evidence]
     return "\n".join(lines)
 
 
-def llm_cap_left(state: AgentState, services: AgentServices) -> bool:
-    budget = services.budget
-    return int(state.get("llm_calls", 0)) < budget.llm_calls and budget.tokens_used(state) < budget.tokens
-
-
 def reflect(state: AgentState, services: AgentServices) -> dict:
     generation = int(state.get("generation", 0))
     candidates = dict(state.get("candidates", {}))
@@ -68,7 +63,7 @@ def reflect(state: AgentState, services: AgentServices) -> dict:
     wanda = candidates.get(WANDA_ID, {})
     evidence = [evidence_for(rec, wanda) for rec in latest]
     lessons, accounting = [], {}
-    if llm_cap_left(state, services):      # at the cap, the evidence is still recorded, without a lesson
+    if services.budget.may_ask(state):      # at the cap, the evidence is still recorded, without a lesson
         exchange, accounting = ask(services, state, "reflect", results=results_text(state, latest, evidence))
         lessons = parse_lessons(exchange.text)
     graph = InsightGraph.from_dict(state.get("insights"))

@@ -50,7 +50,7 @@ def tournament(state: AgentState, services: AgentServices) -> dict:
     for r in results:
         services.trace.emit("rating", level=r.level, ratings={c: round(v, 2) for c, v in r.ratings.items()})
     order = leaderboard(field, ratings)
-    archive = select_elite({"leaderboard": order}, services.config.elite_k)
+    archive = select_elite(order, services.config.elite_k)
     keep = set(order[: max(2 * services.config.elite_k, 10)]) | {WANDA_ID}
     candidates = drop_masks(candidates, keep, services.run_dir)
     promoted = [[cid, r.level + 1] for r in results for cid in r.promoted if candidates[cid].get("masks_path")]

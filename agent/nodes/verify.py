@@ -1,11 +1,13 @@
-"""verify: static gate + sandbox for the next queued candidate (or the whole queue, in parallel).
+"""verify: the next queued candidates through the run's executor, then the host's checks.
 
-`run_candidate` verifies every mask (shape, exact sparsity, N:M pattern) on the
-host. Serial runs send one candidate per visit, so the checkpoint after this node
-holds its verdict: a kill loses at most the candidate in flight. Parallel runs
-(`--executor local|ray`) send the queue as one batch to the executor's workers,
-which also measure level-0 fitness; the host verifies every mask again and spot-checks that
-fitness (`executors.check_on_host`). Whatever raises on the host for one candidate becomes its
+One path for every run: the executor (`agent/executors.py`; serial runs use the
+default, `SerialExecutor.resident`) runs each candidate in the sandbox, whose
+`run_candidate` verifies every mask (shape, exact sparsity, N:M pattern), and
+measures its level-0 fitness. A visit sends as many candidates as the executor
+runs at once (one when serial), so the checkpoint after this node holds their
+verdicts: a kill loses at most those in flight. The host verifies every mask
+again and spot-checks worker fitness (`executors.check_on_host`; its own fitness
+it does not recompute). Whatever raises on the host for one candidate becomes its
 "crashed" verdict, so a run never stays stuck on it. LLM candidates count against
 `--budget` when sent; seeds do not. A failure keeps its exact message for the
 repair turn of write_code.
@@ -21,9 +23,11 @@ import numpy as np
 import torch
 
 from autoprune.agent.archive import read_source
+from autoprune.agent.executors import (SPOT_CHECKED_WINDOWS, EvaluationResult, EvaluationTask, HostChecked,
+                                      SandboxOutcome, SerialExecutor, check_on_host)
 from autoprune.agent.mask_files import differing_fraction, load_packed, save_masks
-from autoprune.agent.services import AgentServices, SandboxOutcome
-from autoprune.agent.state import AgentState, add_count, add_timing, is_search_candidate, with_candidate
+from autoprune.agent.services import AgentServices
+from autoprune.agent.state import AgentState, add_count, add_timings, is_search_candidate, with_candidate
 from autoprune.errors import AutopruneError, MaskError
 from autoprune.pruning.masks import pack_mask
 
@@ -81,21 +85,26 @@ DUPLICATE_HINT = ("so it was not evaluated. A factor that is constant within a r
 
 
 def verify(state: AgentState, services: AgentServices) -> dict:
-    """The next queued candidate, or (parallel runs) the whole queue through the executor."""
-    if services.executor is not None:
-        return verify_batch(state, services)
+    """The next queued candidates, as many as the executor runs at once (one for the default serial
+    executor): sandbox + masks + level-0 fitness by its workers, then the host's own checks. The
+    checkpoint after this node holds their verdicts (a kill loses at most those in flight)."""
+    executor = services.executor or SerialExecutor.resident(services.sandbox, services.fitness)
     queue = list(state.get("queue", []))
-    cid = queue[0]
-    step = VerifyStep(state, services, queue=queue[1:])
-    if step.may_send(cid):
-        record = state["candidates"][cid]
-        step.record(cid, sandbox_outcome(lambda: services.sandbox.run(
-            read_source(services.run_dir, record), layer_sparsity=services.sandbox.uniform_sparsity())))
+    step = VerifyStep(state, services, queue=queue[executor.workers:])
+    tasks, llm_sent = [], 0
+    for cid in queue[:executor.workers]:
+        if step.may_send(cid, already_sent=llm_sent):
+            tasks.append(EvaluationTask(cid, read_source(services.run_dir, state["candidates"][cid]), level=0))
+            llm_sent += is_search_candidate(state["candidates"][cid])
+    spot_checks = 0 if executor.trusted else SPOT_CHECKED_WINDOWS
+    for task, result in zip(tasks, executor.map(tasks) if tasks else []):
+        step.record(task.candidate_id, sandbox_outcome(lambda: checked_outcome(result, task, services, spot_checks)))
+        step.merge(timings=add_timings(step.view, fitness=finite_seconds(result.fitness_s)))   # duplicates' too
     return step.update
 
 
 def host_failure(exc: Exception) -> SandboxOutcome:
-    """The failed verdict of a candidate whose run raised on the host: recorded like any verdict, so
+    """The failed verdict of a candidate whose check raised on the host: recorded like any verdict, so
     the run goes on (and `--resume` does not retry it forever)."""
     message = (f"the host failed while running this candidate ({type(exc).__name__}: {str(exc)[:300]}); "
                "this is a bug in autoprune-agent, not in the candidate")
@@ -114,41 +123,21 @@ def sandbox_outcome(run) -> SandboxOutcome:
         return host_failure(exc)
 
 
-def verify_batch(state: AgentState, services: AgentServices) -> dict:
-    """Every queued candidate at once: sandbox + masks + level-0 fitness on the executor's workers.
-    The checkpoint after this node holds the whole batch (a kill loses at most the batch in flight)."""
-    from autoprune.agent.executors import EvaluationTask
-
-    step = VerifyStep(state, services, queue=[])
-    tasks, llm_sent = [], 0
-    for cid in state.get("queue", []):
-        if step.may_send(cid, already_sent=llm_sent):
-            tasks.append(EvaluationTask(cid, read_source(services.run_dir, state["candidates"][cid]), level=0))
-            llm_sent += is_search_candidate(state["candidates"][cid])
-    for task, result in zip(tasks, services.executor.map(tasks) if tasks else []):
-        outcome = sandbox_outcome(lambda: checked_outcome(result, task, services))
-        if step.record(task.candidate_id, outcome) == "ok":   # level-0 NLLs are in the fitness cache
-            step.merge(timings=add_timing(step.view, "fitness", finite_seconds(result.fitness_s)))
-    return step.update
-
-
 def finite_seconds(value) -> float:
     """A duration a worker reported, as a number the trace can hold (0 when it is not one)."""
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
 
 
-def checked_outcome(result, task, services: AgentServices) -> SandboxOutcome:
+def checked_outcome(result: EvaluationResult, task: EvaluationTask, services: AgentServices,
+                    spot_checks: int) -> SandboxOutcome:
     """A worker's result after the host's own checks (masks verified, fitness spot-checked);
     nothing of it is used unchecked, its timings included."""
-    from autoprune.agent.executors import HostChecked, check_on_host
-    from autoprune.sandbox.verdict import ScoringRequest
-
     runner = services.sandbox
-    request = ScoringRequest(sparsity=runner.uniform_sparsity(), pattern=runner.pattern)
     if result.candidate_id != task.candidate_id:
         checked = HostChecked("invalid-output", "the worker answered another task")
     else:
-        checked = check_on_host(result, task.source, runner.bundle, request, services.fitness, level=0)
+        checked = check_on_host(result, task.source, runner.bundle, runner.request(), services.fitness, level=0,
+                                spot_checks=spot_checks)
     timings = {str(k)[:64]: finite_seconds(v) for k, v in dict(result.timings).items()}
     return SandboxOutcome(status=checked.status, message=checked.message, timings=timings, masks=checked.masks,
                           profile=None, group=result.group if checked.masks else "row",
@@ -163,11 +152,10 @@ class VerifyStep:
         self.update: dict = {"queue": queue}
 
     def may_send(self, cid: str, already_sent: int = 0) -> bool:
-        """Seeds always; LLM candidates while the budget lasts, counting those already in this batch
-        (else marked not-sent)."""
-        budget = self.services.budget
-        if not is_search_candidate(self.view["candidates"][cid]) or (
-                budget.can_submit(self.view) and budget.candidates_left(self.view) > already_sent):
+        """Seeds always; LLM candidates while the budget says one more fits beside those already in
+        this batch (else marked not-sent)."""
+        if not is_search_candidate(self.view["candidates"][cid]) or self.services.budget.can_send(
+                self.view, already_sent):
             return True
         self.merge(candidates=with_candidate(self.view, cid, status="not-sent", message="budget spent"))
         return False
@@ -180,7 +168,7 @@ class VerifyStep:
                                  timings={k: round(v, 4) for k, v in outcome.timings.items()},
                                  submitted=budget_used if is_llm else None, budget_used=budget_used)
         self.merge(budget_used=budget_used, verdicts=add_count(self.view.get("verdicts", {}), status),
-                    timings=add_timing(self.view, "sandbox", outcome.seconds),
+                    timings=add_timings(self.view, sandbox=outcome.seconds),
                     candidates=with_candidate(self.view, cid, status=status, message=message,
                                               masks_path=masks_path, group=outcome.group, mask_digest=digest))
         if status == "ok":

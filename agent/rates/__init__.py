@@ -5,15 +5,8 @@ and mutates them, given the population with its fitnesses. Trusted code validate
 proposed vector (parse, bounds, mean-rate constraint, projection), computes fitness as the
 validation perplexity of the structurally pruned model, keeps the best (elitism), and, when
 the LLM fails twice in a row, proposes a trusted crossover + mutation instead ("fallback").
-Entry point: `run_rates_search(RatesConfig(...))`; CLI: `autoprune-agent search-rates`.
+It is a mode of the agent runtime (agent/runtime; the mode: agent/rates/mode.py).
+Entry point: `run_rates_search(RatesConfig(...))` (agent/rates/mode.py; the config, which imports
+no torch: agent/rates/config.py); CLI: `autoprune-agent search-rates`. Import-free on purpose:
+the CLI validates a config without loading torch or langgraph; import from the submodules.
 """
-
-from autoprune.agent.rates.config import RatesConfig
-
-__all__ = ["RatesConfig", "run_rates_search"]
-
-
-def run_rates_search(config: RatesConfig, **kwargs) -> dict:
-    from autoprune.agent.rates.run import run_rates_search as run
-
-    return run(config, **kwargs)

@@ -1,4 +1,5 @@
-"""The rate-search StateGraph: nodes bound to their services, routes between them."""
+"""The rate-search StateGraph: nodes bound to their services (traced by the runtime), routes between
+them; the Budget decides when the search stops."""
 
 from __future__ import annotations
 
@@ -7,20 +8,11 @@ from langgraph.graph import END, START, StateGraph
 from autoprune.agent.rates.nodes import NODES
 from autoprune.agent.rates.services import RatesServices
 from autoprune.agent.rates.state import RatesState
-
-
-def traced(name: str, node, services: RatesServices):
-    def run(state: RatesState) -> dict:
-        services.trace.emit("node_entered", node=name, generation=state.get("evaluated", 0))
-        update = node(state, services)
-        services.trace.emit("node_left", node=name, generation=update.get("evaluated", state.get("evaluated", 0)))
-        return update
-
-    return run
+from autoprune.agent.runtime.nodes import add_traced_nodes
 
 
 def after_seeding(state: RatesState, services: RatesServices) -> str:
-    return "propose" if state.get("evaluated", 0) < services.budget else "finalize"
+    return "propose" if services.budget.can_submit(state) else "finalize"
 
 
 def after_validate(state: RatesState, services: RatesServices) -> str:
@@ -31,8 +23,7 @@ def after_validate(state: RatesState, services: RatesServices) -> str:
 
 def build_graph(services: RatesServices, checkpointer=None):
     graph = StateGraph(RatesState)
-    for name, node in NODES.items():
-        graph.add_node(name, traced(name, node, services))
+    add_traced_nodes(graph, NODES, services, generation=lambda st: int(st.get("evaluated", 0)))
     graph.add_edge(START, "seed_population")
     graph.add_conditional_edges("seed_population", lambda st: after_seeding(st, services), ["propose", "finalize"])
     graph.add_edge("propose", "validate")

@@ -10,7 +10,7 @@ import json
 import random
 import time
 
-from autoprune.agent.llm import LLMBudgetExceeded, LLMRequestRefused
+from autoprune.agent.llm import LLMRequestRefused
 from autoprune.agent.rates.edits import apply_edit, looks_like_edit, parse_edit
 from autoprune.agent.rates.evolution import fallback_offspring, is_duplicate, rank, survivors
 from autoprune.agent.rates.services import RatesServices
@@ -72,9 +72,14 @@ def evaluated_member(s: RatesServices, member: Member) -> Member:
 
 
 def announce(s: RatesServices, member: Member, message: str) -> None:
+    """The candidate and its verdict, with program search's payloads: a vector is a candidate's source,
+    an edit step its hypothesis; `submitted` numbers the offspring the budget counts (None for seeds)."""
     s.trace.emit("candidate", id=member["id"], generation=member["generation"], origin=member["origin"],
-                 parent=None, source=json.dumps([round(r, 6) for r in member["rates"]]))
-    s.trace.emit("verdict", id=member["id"], status="ok", outcome=member["outcome"], message=message)
+                 hypothesis=member.get("edit", ""), path=None, parent=None,
+                 source=json.dumps([round(r, 6) for r in member["rates"]]))
+    submitted = member["generation"] if member["outcome"] != "seed" else None
+    s.trace.emit("verdict", id=member["id"], status="ok", message=message, timings={},
+                 submitted=submitted, budget_used=submitted or 0, outcome=member["outcome"])
 
 
 def seed_population(state: RatesState, s: RatesServices) -> dict:
@@ -107,8 +112,8 @@ def propose(state: RatesState, s: RatesServices) -> dict:
         cap = s.llm_max_tokens if s.proposal == "vector" else min(s.llm_max_tokens, EDIT_MAX_TOKENS)
         reply = s.llm.chat(messages, node="propose", temperature=s.temperature, max_tokens=cap,
                            seed=s.seed + 1000 * state.get("evaluated", 0) + attempts)
-    except (LLMBudgetExceeded, LLMRequestRefused):
-        raise
+    except LLMRequestRefused:
+        raise                                     # a bad key or model name: the user's to fix
     except LLMError as exc:                       # a dead endpoint must not stop the search
         s.trace.emit("note", text=f"LLM call failed: {exc}")
         return {"reply": "", "error": f"no answer: {exc}", "attempts": attempts}
@@ -169,9 +174,10 @@ def select(state: RatesState, s: RatesServices) -> dict:
 
 
 def finalize(state: RatesState, s: RatesServices) -> dict:
+    stop_reason = s.budget.stop_reason(state) or "search finished"      # what the route to here saw
     final = s.finalize(state, s) if s.finalize is not None else {"best": rank(state["population"])[0]}
     s.trace.emit("final_result", **final)
-    return {"final": final}
+    return {"final": final, "stop_reason": stop_reason}
 
 
 NODES = {"seed_population": seed_population, "propose": propose, "validate": validate,

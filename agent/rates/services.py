@@ -6,27 +6,18 @@ passed in, so a node can be tested with a tiny model and a real (small) LLM endp
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
-from autoprune.agent.llm import LLMClient
-from autoprune.agent.trace import TraceWriter
+from autoprune.agent.budget import Budget
+from autoprune.agent.runtime.trace import RunTrace
 from autoprune.data import WindowSet
 from autoprune.evaluators.perplexity import perplexity
 from autoprune.pruning.param_budget import decoder_totals, kept_parameter_fraction
 from autoprune.pruning.rates import RateConstraint
 from autoprune.pruning.stats import ActivationStats
-from autoprune.pruning.structured import prune_structured
+from autoprune.pruning.structured import pruned_copy
 from autoprune.pruning.structured_importance import BlockImportance
-
-
-def pruned_copy(model, rates: list[float], stats: dict[str, ActivationStats], *,
-                importance: Optional[list[BlockImportance]] = None, reconstruct: bool = False):
-    """A structurally pruned deep copy; the dense model stays untouched for the next candidate."""
-    clone = copy.deepcopy(model)
-    prune_structured(clone, rates, stats, importance=importance, reconstruct=reconstruct)
-    return clone.eval()
 
 
 @dataclass
@@ -36,11 +27,11 @@ class RatesServices:
     stats: dict[str, ActivationStats]   # dense calibration statistics (first half of validation)
     windows: WindowSet                  # fitness windows (second half of validation)
     constraint: RateConstraint
-    llm: LLMClient
-    trace: TraceWriter
+    llm: Any                            # the runtime's JournaledLLM (.chat(messages, node=, seed=, ...))
+    trace: RunTrace
     prompts: object                     # a PromptSet with "system", "propose", "repair"
     model_name: str = "the model"
-    budget: int = 8
+    budget: Budget = field(default_factory=lambda: Budget(8, counter="evaluated", spent="offspring evaluated"))
     population_size: int = 6
     max_repairs: int = 1
     llm_max_tokens: int = 256

@@ -14,7 +14,7 @@ from autoprune.pruning.metrics import get_metric
 from autoprune.pruning.param_budget import mean_rate_for_params
 from autoprune.pruning.rates import RateConstraint, project, uniform_rates
 from autoprune.pruning.stats import ActivationStats
-from autoprune.pruning.structured import REFIT_TARGETS, attention_geometry
+from autoprune.pruning.structured import attention_geometry, refit_targets
 from autoprune.pruning.structured_importance import BlockImportance, structured_importance
 
 
@@ -54,7 +54,7 @@ def prepare_search(config: RatesConfig, loaded: LoadedModel | None = None) -> Se
     calibration = calibration_windows(tokenizer, corpus, nsamples=config.nsamples, seqlen=config.seqlen,
                                       seed=config.seed)
     windows = fitness_windows(tokenizer, corpus, nwindows=config.fitness_windows, seqlen=config.seqlen)
-    stats = collect_activation_stats(model, calibration, with_gram=REFIT_TARGETS if config.reconstruct else False,
+    stats = collect_activation_stats(model, calibration, with_gram=refit_targets(model) if config.reconstruct else False,
                                      cache_dir=config.run_dir / "stats_cache")
     rate, kept = mean_rate_for_params(model, config.target_params, high=config.high)
     constraint = RateConstraint(target=rate, low=config.low, high=config.high,

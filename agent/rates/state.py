@@ -35,4 +35,5 @@ class RatesState(TypedDict, total=False):
     attempts: int                       # LLM attempts for the current offspring
     evaluated: int                      # offspring evaluated so far (the budget counter)
     outcomes: dict[str, int]
+    stop_reason: Optional[str]          # the Budget's, recorded by finalize
     final: dict

@@ -33,7 +33,6 @@ def prune(
 ) -> None:
     """Prune a model with a baseline metric, SparseGPT, or a candidate file."""
     from autoprune.pruning.config import PruneConfig, make_config
-    from autoprune.pruning.pipeline import run_prune_job
 
     config = make_config(PruneConfig, method=method, sparsity=sparsity, pattern=pattern, allocation=allocation,
                          model=model, data=data, nsamples=nsamples, seqlen=seqlen, eval_windows=eval_windows,
@@ -41,6 +40,8 @@ def prune(
                          progress=not as_json)
     if config.is_candidate_file:
         gate_candidate_file(config.method)      # milliseconds, before the model is even loaded
+    from autoprune.jobs import run_prune_job     # torch and the rest load only now that every flag is valid
+
     result = run_prune_job(config)
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
@@ -79,11 +80,12 @@ def evaluate(
 ) -> None:
     """Test-split perplexity and zero-shot accuracy (lm-eval) of a model."""
     from autoprune.pruning.config import EvalConfig, make_config
-    from autoprune.pruning.pipeline import run_eval_job
 
     config = make_config(EvalConfig, model=model_dir, data=data, seqlen=seqlen, windows=windows,
                          progress=not as_json, tasks=[t.strip() for t in tasks.split(",") if t.strip()],
                          zeroshot_data=zeroshot_data, zeroshot_limit=limit)
+    from autoprune.jobs import run_eval_job      # torch loads only now that every flag is valid
+
     result = run_eval_job(config)
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))

@@ -53,7 +53,7 @@ def search_rates(
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
     """Self-Pruner: the LLM evolves layer-wise structured pruning rates; the model really shrinks."""
-    from autoprune.agent.rates import RatesConfig, run_rates_search
+    from autoprune.agent.rates.config import RatesConfig
 
     config = RatesConfig(run_dir=run_dir, target_params=target_params, budget=budget, population=population,
                          model=model, data=data, seqlen=seqlen, nsamples=nsamples, fitness_windows=fitness_windows,
@@ -64,6 +64,12 @@ def search_rates(
                          zeroshot_tasks=[t for t in (zeroshot or "").split(",") if t],
                          zeroshot_data=zeroshot_data, zeroshot_limit=zeroshot_limit, export=not no_export,
                          resume=resume)
+    if resume:
+        from autoprune.agent.runtime.folder import resumable_run_dir
+
+        resumable_run_dir(config.run_dir)               # a wrong folder is answered before torch loads
+    from autoprune.agent.rates.mode import run_rates_search     # torch, langgraph... once every flag is valid
+
     summary = run_rates_search(config)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))

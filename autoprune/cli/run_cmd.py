@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from autoprune.cli import app
+from autoprune.errors import BadInputError
 from autoprune.safe_text import terminal_safe
 
 
@@ -50,14 +51,18 @@ def run(
 ) -> None:
     """Search pruning metrics with the LLM agent, then prune with the winner + SDSA."""
     from autoprune.agent.config import make_config
-    from autoprune.agent.run import run_agent
 
     if resume is not None:       # what decides where prompts go and how candidates run is confirmed here
+        from autoprune.agent.runtime.folder import resumable_run_dir
+
+        resumable_run_dir(resume)                       # a wrong folder is answered before torch loads
+        from autoprune.agent.run import run_agent
+
         confirm = {"llm_base_url": llm_base_url, "llm_model": llm_model, "sandbox": sandbox, "gpus": gpus,
                    "executor": executor, "ray_address": ray_address}
         summary = run_agent(resume=resume, live=not as_json, confirm=confirm)
     else:
-        levels = [int(v) for v in fitness_levels.split(",")] if fitness_levels else None
+        levels = parse_levels(fitness_levels) if fitness_levels else None
         config = make_config(budget=budget, model=model, sparsity=sparsity, pattern=pattern,
                              llm_base_url=llm_base_url, llm_model=llm_model, sandbox=sandbox, gpus=gpus, data=data,
                              out=out, seed=seed, calibration_samples=nsamples, seqlen=seqlen,
@@ -67,11 +72,20 @@ def run(
                              ray_address=ray_address, zeroshot_data=zeroshot_data, zeroshot_limit=zeroshot_limit,
                              final_tasks=[t.strip() for t in final_tasks.split(",") if t.strip()]
                              if final_tasks else None)
+        from autoprune.agent.run import run_agent       # torch, langgraph... load once every flag is valid
+
         summary = run_agent(config, live=not as_json)
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=2, default=str))
     else:
         print_summary(summary.to_dict())
+
+
+def parse_levels(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise BadInputError(f"--fitness-levels takes comma-separated window counts, e.g. 2,8,32, not {text!r}") from None
 
 
 def fmt(value) -> str:

@@ -1,5 +1,8 @@
 """Calibration statistics of every target linear's inputs (and optional gradients).
 
+What is computed is the candidate contract's (autoprune/pruning/contract.py): the
+per-channel statistics, diag(XᵀX), and on request (`with_hessian`) its damped inverse's diagonal.
+
 `collect_activation_stats` is the one-shot pass on the dense model (DESIGN §2):
 forward hooks on each target linear accumulate `RunningChannelStats`; an
 optional backward pass of the LM loss gives per-weight gradient magnitudes
@@ -27,9 +30,10 @@ from torch import nn
 from autoprune.adapters import ArchitectureAdapter, adapter_for, linear_weight
 from autoprune.data import WindowSet
 from autoprune.progress import progress_bar
+from autoprune.pruning.sparsegpt import damped_inverse_hessian
 from autoprune.pruning.stats import ActivationStats, RunningChannelStats
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2               # 2: hess_diag, hinv_diag
 GramSelection = Union[bool, tuple[str, ...]]
 BATCH_SIZE = 4
 
@@ -72,6 +76,13 @@ def finish_stats(running: dict[str, RunningChannelStats], block_of: dict[str, in
                  num_layers: int) -> dict[str, ActivationStats]:
     return {name: r.finish(layer_index=block_of[name], num_layers=num_layers, name=name.rsplit(".", 1)[-1])
             for name, r in running.items()}
+
+
+def add_hessian_stats(stats: ActivationStats) -> None:
+    """The contract's fields derived from XᵀX (`needs="hessian"`): hinv_diag = diag((XᵀX + λI)⁻¹)
+    with SparseGPT's damping. (hess_diag = Σ X_j² needs no gram: `RunningChannelStats` gives it.)
+    One Cholesky per layer (about 1 s at in = 1536 on one core), hence opt-in."""
+    stats.hinv_diag = torch.diagonal(damped_inverse_hessian(stats.gram)).to(torch.float32)
 
 
 def batches(windows: WindowSet, batch_size: int = BATCH_SIZE) -> list[torch.Tensor]:
@@ -129,20 +140,28 @@ def as_out_in(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
 
 
 def collect_activation_stats(model: nn.Module, windows: WindowSet, *, with_gram: GramSelection = False,
-                             with_grad: bool = False, cache_dir: Optional[Path | str] = None,
+                             with_grad: bool = False, with_hessian: bool = False,
+                             cache_dir: Optional[Path | str] = None,
                              progress: bool = False) -> dict[str, ActivationStats]:
-    """Statistics of every target linear's inputs on the dense model, keyed by full module name."""
+    """Statistics of every target linear's inputs on the dense model, keyed by full module name.
+
+    `with_hessian`: also the contract's XᵀX-derived fields (X.hinv_diag) of every layer; XᵀX
+    itself is kept only where `with_gram` selects it."""
     targets = target_linears(model)
-    key = cache_key(model, windows, with_gram=with_gram, with_grad=with_grad)
+    key = cache_key(model, windows, with_gram=with_gram, with_grad=with_grad, with_hessian=with_hessian)
     if cache_dir is not None:
         cached = load_cached_stats(Path(cache_dir), key)
         if cached is not None:
             return cached
     modules = {name: m for name, (_, m) in targets.items()}
-    with stat_hooks(modules, with_gram=with_gram) as running:
+    with stat_hooks(modules, with_gram=with_hessian or with_gram) as running:
         forward_pass(model, windows, progress)
     block_of = {name: index for name, (index, _) in targets.items()}
     stats = finish_stats(running, block_of, len(adapter_for(model).blocks(model)))
+    if with_hessian:
+        for name, s in stats.items():
+            add_hessian_stats(s)
+            s.gram = s.gram if wants_gram(name, with_gram) else None
     if with_grad:
         for name, grad in gradient_magnitudes(model, windows, modules, progress).items():
             stats[name].grad = grad
@@ -160,11 +179,13 @@ def weight_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_key(model: nn.Module, windows: WindowSet, *, with_gram: GramSelection, with_grad: bool) -> str:
+def cache_key(model: nn.Module, windows: WindowSet, *, with_gram: GramSelection, with_grad: bool,
+              with_hessian: bool = False) -> str:
     ids_hash = hashlib.sha256(windows.ids.numpy().tobytes()).hexdigest()[:16]
     parts = {"v": CACHE_VERSION, "model": getattr(model.config, "_name_or_path", ""),
              "weights": weight_fingerprint(model), "windows": windows.description, "ids": ids_hash,
-             "shape": list(windows.ids.shape), "gram": with_gram if isinstance(with_gram, bool) else sorted(with_gram), "grad": with_grad}
+             "shape": list(windows.ids.shape), "gram": with_gram if isinstance(with_gram, bool) else sorted(with_gram), "grad": with_grad,
+             "hessian": with_hessian}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 

@@ -1,4 +1,6 @@
-"""Validated settings of a `prune` / `eval` job (pydantic), with one-line errors."""
+"""Validated settings of a `prune` / `eval` job (pydantic), with one-line errors.
+
+Imports no torch: the CLI validates every flag and path with it before the job loads anything."""
 
 from __future__ import annotations
 
@@ -8,18 +10,12 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from autoprune.errors import BadInputError, DataError
+from autoprune.models import check_model_spec
 from autoprune.pruning.allocators import allocator_names
-from autoprune.pruning.masks import SparsityPattern
-from autoprune.pruning.methods import LAYER_PRUNER_TYPES
-from autoprune.pruning.metrics import metric_names
-from autoprune.pruning.reconstruct import reconstruction_name, reconstruction_names
+from autoprune.pruning.choices import RECONSTRUCTION_NAMES, method_names, reconstruction_name
+from autoprune.pruning.pattern import SparsityPattern
 
-LAYER_PRUNERS = tuple(LAYER_PRUNER_TYPES)
 NAMED_DATA = (None, "", "wikitext2", "self")
-
-
-def method_names() -> list[str]:
-    return [*metric_names(), *LAYER_PRUNERS]
 
 
 class PruneConfig(BaseModel):
@@ -58,9 +54,9 @@ class PruneConfig(BaseModel):
     @field_validator("reconstruct", mode="before")
     @classmethod
     def known_reconstruction(cls, value) -> str:
-        if isinstance(value, bool) or value in reconstruction_names():
+        if isinstance(value, bool) or value in RECONSTRUCTION_NAMES:
             return reconstruction_name(value)
-        raise ValueError(f"unknown reconstruction {value!r} (known: {', '.join(reconstruction_names())})")
+        raise ValueError(f"unknown reconstruction {value!r} (known: {', '.join(RECONSTRUCTION_NAMES)})")
 
     @field_validator("allocation")
     @classmethod
@@ -106,6 +102,7 @@ def make_config(cls, **values):
         field = ".".join(str(p) for p in error.get("loc", ())) or "config"
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         raise BadInputError(f"{field}: {message}") from None
+    check_model_spec(config.model)
     check_data_folder(config.data)
     return config
 

@@ -26,7 +26,8 @@ from autoprune.pruning.masks import SparsityPattern, check_pattern_fits, mask_sp
 from autoprune.pruning.metrics import Metric, get_metric
 from autoprune.pruning.methods import LayerPruner, PrecomputedMasks, PruneResult, peak_rss_mb
 from autoprune.pruning.profile import block_profile
-from autoprune.pruning.reconstruct import get_reconstruction, reconstruction_name
+from autoprune.pruning.choices import reconstruction_name
+from autoprune.pruning.reconstruct import get_reconstruction
 from autoprune.pruning.stats import ActivationStats
 
 Method = Union[Metric, LayerPruner, PrecomputedMasks]

@@ -9,9 +9,7 @@ from typing import Optional, Protocol, runtime_checkable
 from torch import Tensor
 
 from autoprune.errors import BadInputError
-from autoprune.pruning.alps import ALPSPruner
 from autoprune.pruning.masks import SparsityPattern
-from autoprune.pruning.sparsegpt import SparseGPTPruner
 from autoprune.pruning.stats import ActivationStats
 
 
@@ -26,10 +24,6 @@ class LayerPruner(Protocol):
 
     def prune_layer(self, W: Tensor, X: ActivationStats, sparsity: float,
                     pattern: SparsityPattern) -> tuple[Tensor, Tensor]: ...
-
-
-# The built-in layer pruners, by `prune --method` name.
-LAYER_PRUNER_TYPES = {"sparsegpt": SparseGPTPruner, "alps": ALPSPruner}
 
 
 @dataclass

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from autoprune.errors import BadInputError
+from autoprune.pruning.choices import reconstruction_name
 from autoprune.pruning.sparsegpt import DAMP
 from autoprune.pruning.sparsegpt import reconstruct as obs_sweep_reconstruct
 from autoprune.pruning.stats import ActivationStats
@@ -124,19 +125,6 @@ def exact_reconstruction(W: Tensor, mask: Tensor, X: Optional[ActivationStats], 
 
 RECONSTRUCTIONS: dict[str, Reconstruction] = {
     "none": no_reconstruction, "obs": obs_reconstruction, "exact": exact_reconstruction}
-
-
-def reconstruction_names() -> list[str]:
-    return list(RECONSTRUCTIONS)
-
-
-def reconstruction_name(value) -> str:
-    """The registered name for `value`: a name, or a bool (True = "obs", the historical flag)."""
-    if isinstance(value, bool) or value is None:
-        return "obs" if value else "none"
-    if value not in RECONSTRUCTIONS:
-        raise BadInputError(f"unknown reconstruction {value!r} (known: {', '.join(RECONSTRUCTIONS)})")
-    return value
 
 
 def get_reconstruction(value) -> Reconstruction:

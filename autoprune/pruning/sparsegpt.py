@@ -29,12 +29,12 @@ DAMP = 0.01
 BLOCKSIZE = 128
 
 
-def inverse_hessian_factor(gram: Tensor, W: Tensor, damp: float = DAMP) -> Tensor:
-    """Upper Cholesky factor of (XᵀX + δI)⁻¹, δ = damp · mean diag. Zeroes W's dead inputs in place."""
+def damped_inverse_hessian(gram: Tensor, damp: float = DAMP) -> Tensor:
+    """(XᵀX + δI)⁻¹ in float64, δ = damp · mean diag (more when H is numerically singular);
+    an input that never fires gets H_jj = 1."""
     H = gram.to(torch.float64).clone()
     dead = torch.diagonal(H) == 0
     H[dead, dead] = 1.0           # an input that never fires: its weights go, nothing to compensate
-    W[:, dead] = 0.0
     eye = torch.eye(H.shape[0], dtype=torch.float64)
     base = torch.diagonal(H).mean()
     for attempt in range(6):      # more damping when H is numerically singular
@@ -43,7 +43,13 @@ def inverse_hessian_factor(gram: Tensor, W: Tensor, damp: float = DAMP) -> Tenso
             break
     else:
         raise BadInputError("SparseGPT: the Hessian is not positive definite even with heavy damping")
-    Hinv = torch.cholesky_inverse(L)
+    return torch.cholesky_inverse(L)
+
+
+def inverse_hessian_factor(gram: Tensor, W: Tensor, damp: float = DAMP) -> Tensor:
+    """Upper Cholesky factor of (XᵀX + δI)⁻¹, δ = damp · mean diag. Zeroes W's dead inputs in place."""
+    W[:, torch.diagonal(gram) == 0] = 0.0
+    Hinv = damped_inverse_hessian(gram, damp)
     return torch.linalg.cholesky(Hinv, upper=True).to(torch.float32)
 
 

@@ -1,18 +1,18 @@
 """`ActivationStats`: what a candidate metric sees about one linear layer's inputs.
 
-This module is part of the candidate contract (DESIGN §2) and is imported inside
-the sandbox image, so it depends on torch only.
+Its fields are the candidate contract's (autoprune/pruning/contract.py, the one list;
+tests/test_contract.py checks that they agree). Imported inside the sandbox image, so it
+depends on torch only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Optional
 
 import torch
 
-# Per-input-channel statistic names, in a fixed order (used for (de)serialisation).
-CHANNEL_FIELDS = ("norm", "sq_mean", "mean", "var", "max_abs")
+from autoprune.pruning.contract import TENSOR_NAMES
 
 
 @dataclass
@@ -24,11 +24,14 @@ class ActivationStats:
     mean     mean of X_j, shape (in_features,)
     var      variance of X_j, shape (in_features,)
     max_abs  max |X_j|, shape (in_features,)
+    hess_diag  diag(XᵀX) = Σ X_j², shape (in_features,) (norm² when not given)
+    hinv_diag  diag((XᵀX + λI)⁻¹), shape (in_features,), only when the gram was collected
     gram     XᵀX (in_features, in_features), only when the run enables it
     grad     per-weight gradient magnitude (out_features, in_features), only when enabled
     layer_index  index of the decoder block this layer belongs to
     num_layers   number of decoder blocks in the model
     name         short name of the linear: "q_proj", "down_proj", "fc1", ...
+    nsamples     number of calibration tokens
     """
 
     norm: torch.Tensor
@@ -40,9 +43,15 @@ class ActivationStats:
     num_layers: int = 1
     name: str = ""
     nsamples: int = 0
+    hess_diag: Optional[torch.Tensor] = None
+    hinv_diag: Optional[torch.Tensor] = None
     gram: Optional[torch.Tensor] = None
     grad: Optional[torch.Tensor] = None
-    extras: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)     # trusted code only: not in the contract
+
+    def __post_init__(self):
+        if self.hess_diag is None:
+            self.hess_diag = self.norm * self.norm       # Σ X_j² = ‖X_j‖²
 
     @property
     def in_features(self) -> int:
@@ -50,12 +59,8 @@ class ActivationStats:
 
     def to_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         """Flatten into `{prefix.field: tensor}` for a safetensors file."""
-        out = {f"{prefix}.{k}": getattr(self, k).contiguous() for k in CHANNEL_FIELDS}
-        for k in ("gram", "grad"):
-            value = getattr(self, k)
-            if value is not None:
-                out[f"{prefix}.{k}"] = value.contiguous()
-        return out
+        return {f"{prefix}.{k}": getattr(self, k).contiguous() for k in TENSOR_NAMES
+                if getattr(self, k) is not None}
 
     @classmethod
     def from_tensors(
@@ -63,10 +68,14 @@ class ActivationStats:
         num_layers: int, name: str, nsamples: int = 0,
     ) -> "ActivationStats":
         """Inverse of `to_tensors`."""
-        fields = {k: tensors[f"{prefix}.{k}"] for k in CHANNEL_FIELDS}
-        optional = {k: tensors.get(f"{prefix}.{k}") for k in ("gram", "grad")}
-        return cls(**fields, **optional, layer_index=layer_index, num_layers=num_layers,
+        required = {k: tensors[f"{prefix}.{k}"] for k in REQUIRED_TENSORS}
+        optional = {k: tensors.get(f"{prefix}.{k}") for k in TENSOR_NAMES if k not in required}
+        return cls(**required, **optional, layer_index=layer_index, num_layers=num_layers,
                    name=name, nsamples=nsamples)
+
+
+REQUIRED_TENSORS = tuple(f.name for f in fields(ActivationStats)
+                         if f.default is MISSING and f.default_factory is MISSING)
 
 
 class RunningChannelStats:
@@ -95,6 +104,6 @@ class RunningChannelStats:
         f32 = lambda t: t.to(torch.float32)  # noqa: E731
         return ActivationStats(
             norm=f32(self.sum_sq.sqrt()), sq_mean=f32(sq_mean), mean=f32(mean), var=f32(var),
-            max_abs=f32(self.max_abs), gram=None if self.gram is None else f32(self.gram),
+            max_abs=f32(self.max_abs), hess_diag=f32(self.sum_sq), gram=None if self.gram is None else f32(self.gram),
             layer_index=layer_index, num_layers=num_layers, name=name, nsamples=self.count,
         )

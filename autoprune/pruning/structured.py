@@ -11,6 +11,7 @@ fused projections (qkv, gate_up: GPT-2, Falcon, GPT-NeoX, Bloom, Phi-3) are refu
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -212,6 +213,14 @@ def prune_structured(model, rates: list[float], stats: dict[str, ActivationStats
                     damp=damp)
     setattr(model.config, STRUCTURE_KEY, [asdict(s) for s in structure])
     return structure
+
+
+def pruned_copy(model, rates: list[float], stats: dict[str, ActivationStats], *,
+                importance: Optional[list[BlockImportance]] = None, reconstruct: bool = False):
+    """A structurally pruned deep copy; the dense model stays untouched for the next candidate."""
+    clone = copy.deepcopy(model)
+    prune_structured(clone, rates, stats, importance=importance, reconstruct=reconstruct)
+    return clone.eval()
 
 
 def decoder_parameter_count(model) -> int:

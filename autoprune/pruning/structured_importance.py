@@ -29,9 +29,9 @@ from autoprune.adapters import adapter_for
 from autoprune.data import WindowSet
 from autoprune.errors import BadInputError
 from autoprune.pruning.calibration import window_gradients
+from autoprune.pruning.choices import IMPORTANCE_KINDS
 from autoprune.pruning.stats import ActivationStats
 
-IMPORTANCE_KINDS = ("activation", "taylor")
 UNIT_ROLES = ("gate", "up", "down", "q", "k", "v", "o")   # the adapter roles whose weights a unit owns
 
 

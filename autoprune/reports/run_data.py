@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from autoprune.agent.trace import TRACE_FILE, read_trace
 from autoprune.errors import TraceError
 from autoprune.reports.run_model import CandidateView, FitnessPoint, LLMExchange, RunView, Step
+from autoprune.runlog.trace_file import TRACE_FILE, read_trace
 
 CONFIG_FILE = "config.json"
 NODE_EVENTS = ("node_entered", "node_left")

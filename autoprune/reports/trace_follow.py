@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autoprune.agent.trace import TRACE_FILE
-from autoprune.agent.trace_events import MAX_LINE_BYTES, parse_line
 from autoprune.reports.run_data import RunViewBuilder, check_run_dir, read_config
 from autoprune.reports.run_model import RunView
+from autoprune.runlog.events import MAX_LINE_BYTES, parse_line
+from autoprune.runlog.trace_file import TRACE_FILE
 
 
 READ_CHUNK = 4 * MAX_LINE_BYTES      # read at a time: memory stays bounded whatever the file holds

@@ -13,7 +13,9 @@ from typing import Sequence
 
 from autoprune.errors import BadInputError
 
-BUILTIN_MODULES = {"uniform": "uniform", "owl": "owl", "sdsa": "sdsa"}
+BUILTIN_MODULES = {"uniform": "uniform", "owl": "owl", "sdsa": "sdsa", "atp": "atp"}
+# Allocators that read only the block count and sizes, never the dense profiles.
+PROFILE_FREE = frozenset({"uniform", "atp"})
 
 
 def plugin_allocators() -> dict[str, object]:
@@ -26,7 +28,10 @@ def plugin_allocators() -> dict[str, object]:
 
 
 def allocator_names() -> list[str]:
-    return [*BUILTIN_MODULES, *plugin_allocators()]
+    """Built-in and registered allocator names; plugins are not loaded (the CLI checks a flag at once)."""
+    from autoprune.plugins import registered_names
+
+    return [*BUILTIN_MODULES, *(n for n in registered_names("autoprune.allocators") if n not in BUILTIN_MODULES)]
 
 
 def allocate_sparsity(name: str, target: float, block_profiles: Sequence[dict],
@@ -39,7 +44,7 @@ def allocate_sparsity(name: str, target: float, block_profiles: Sequence[dict],
         raise BadInputError(f"unknown allocation {name!r} (known: {', '.join(allocator_names())})")
     if not 0.0 < target < 1.0:
         raise BadInputError(f"sparsity must be in (0, 1), got {target}")
-    if len(block_params) == 0 or (name != "uniform" and len(block_profiles) != len(block_params)):
+    if len(block_params) == 0 or (needs_profiles(name) and len(block_profiles) != len(block_params)):
         raise BadInputError(f"{name}: need one profile and one parameter count per block")
     ratios = [float(r) for r in allocate(target, block_profiles, block_params, **hyper)]
     if module is None:
@@ -59,4 +64,4 @@ def check_plugin_ratios(name: str, target: float, ratios: list[float], block_par
 
 
 def needs_profiles(name: str) -> bool:
-    return name != "uniform"
+    return name not in PROFILE_FREE

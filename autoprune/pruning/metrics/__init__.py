@@ -9,12 +9,15 @@ metric is added: drop a file here that defines a `METRIC` and list it in
 from __future__ import annotations
 
 import importlib
-from typing import Literal, Protocol, runtime_checkable
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from autoprune.errors import BadInputError
-from autoprune.pruning.stats import ActivationStats
+from autoprune.plugins import registered_names
+
+if TYPE_CHECKING:        # names are checked without importing torch (the CLI answers a bad flag at once)
+    from torch import Tensor
+
+    from autoprune.pruning.stats import ActivationStats
 
 BUILTIN_MODULES = {
     "magnitude": "magnitude",
@@ -42,7 +45,8 @@ def plugin_metrics() -> dict[str, object]:
 
 
 def metric_names() -> list[str]:
-    return [*BUILTIN_MODULES, *plugin_metrics()]
+    """Built-in and registered metric names; plugins are not loaded (a broken one fails in `get_metric`)."""
+    return [*BUILTIN_MODULES, *(n for n in registered_names("autoprune.metrics") if n not in BUILTIN_MODULES)]
 
 
 def get_metric(name: str) -> Metric:
@@ -52,13 +56,12 @@ def get_metric(name: str) -> Metric:
         return importlib.import_module(f"{__name__}.{module}").METRIC
     plugin = plugin_metrics().get(name)
     if plugin is None:
-        raise BadInputError(f"unknown metric {name!r} (known: {', '.join(metric_names())})")
+        raise BadInputError(f"unknown or broken metric {name!r} (known: {', '.join(metric_names())}; "
+                            "see `autoprune-agent plugins`)")
     metric = plugin() if isinstance(plugin, type) else plugin
     if not isinstance(metric, Metric):
         raise BadInputError(f"plugin metric {name!r} lacks name/group/needs_gram/needs_grad/score (see docs/plugins.md)")
     return metric
 
 
-from autoprune.pruning.metrics.candidate import CandidateMetric  # noqa: E402  (re-export)
-
-__all__ = ["Metric", "get_metric", "metric_names", "CandidateMetric"]
+__all__ = ["Metric", "get_metric", "metric_names"]

@@ -1,7 +1,9 @@
 """`prune` and `eval` jobs end to end: load, calibrate, prune, evaluate, export.
 
 The CLI calls `run_prune_job` / `run_eval_job` and only prints what they return;
-a Python user gets the same result dicts.
+a Python user gets the same result dicts. A job sits above the boxes it drives
+(the pruning core, the sandbox for `--method FILE.py`, the evaluators), so it
+lives here and not in `autoprune/pruning` (docs/architecture.md, layers).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from autoprune.pruning.calibration import collect_activation_stats, target_linea
 from autoprune.pruning.config import EvalConfig, PruneConfig
 from autoprune.pruning.export import export_pruned_model, read_summary
 from autoprune.pruning.loop import check_pattern_fits_model, plan_block_sparsity, prune_model
-from autoprune.pruning.methods import LAYER_PRUNER_TYPES, PrecomputedMasks
-from autoprune.pruning.metrics import get_metric
+from autoprune.pruning.choices import builtin_method
+from autoprune.pruning.methods import PrecomputedMasks
 
 
 def evaluate_perplexity(model, windows, progress: bool) -> float:
@@ -30,10 +32,6 @@ def evaluate_perplexity(model, windows, progress: bool) -> float:
 
 def stats_cache_dir(config: PruneConfig) -> Path:
     return Path(config.cache_dir) if config.cache_dir else cache_root() / "calibration"
-
-
-def builtin_method(name: str):
-    return LAYER_PRUNER_TYPES[name]() if name in LAYER_PRUNER_TYPES else get_metric(name)
 
 
 def candidate_masks(config: PruneConfig, loaded: LoadedModel, calibration) -> PrecomputedMasks:
