@@ -12,7 +12,7 @@ import functools
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional
 
@@ -20,7 +20,8 @@ HANG_LIMIT_S = 10.0      # a "hang" answers nothing for this long at most (or un
 DRIP_EVERY_S = 0.05      # one byte this often: each read is fast, the whole reply is not
 ENDLESS_LIMIT_S = 10.0   # an "endless" body stops after this long (the client should leave much earlier)
 
-FAULTS = ("ok", "500", "401", "404", "429", "hang", "drip", "garbage", "truncated", "cut", "endless", "empty_choices",
+ERROR_STATUSES = ("400", "401", "404", "500", "503")
+FAULTS = ("ok", *ERROR_STATUSES, "429", "hang", "drip", "garbage", "truncated", "cut", "endless", "empty_choices",
           "null_content", "huge_body", "long_content")
 
 
@@ -36,6 +37,7 @@ class Fault:
     kind: str = "ok"
     retry_after: Optional[str] = None         # for "429": the header's value
     size: int = 2 * 1024 * 1024               # for "huge_body" / "long_content": bytes of content
+    delay: float = 0.0                        # seconds before answering (a slow but honest server)
 
     def __post_init__(self) -> None:
         if self.kind not in FAULTS:
@@ -50,6 +52,7 @@ class Served:
     body: dict
     at: float
     done: float = 0.0
+    headers: dict = field(default_factory=dict)
 
 
 class FaultyLLMServer:
@@ -67,7 +70,7 @@ class FaultyLLMServer:
                 length = int(self.headers.get("content-length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 fault = owner.next_fault()
-                record = Served(fault.kind, body, time.monotonic())
+                record = Served(fault.kind, body, time.monotonic(), headers=dict(self.headers))
                 owner.served.append(record)
                 try:
                     owner.answer(self, fault, body)
@@ -98,10 +101,12 @@ class FaultyLLMServer:
     # ---- the answers ----
     def answer(self, h: BaseHTTPRequestHandler, fault: Fault, body: dict) -> None:
         kind = fault.kind
+        if fault.delay and self.stopping.wait(fault.delay):
+            return
         if kind == "hang":
             self.stopping.wait(HANG_LIMIT_S)
             return
-        if kind in ("500", "401", "404"):
+        if kind in ERROR_STATUSES:
             return send(h, int(kind), json.dumps({"error": {"message": f"error {kind}"}}).encode())
         if kind == "429":
             headers = {"retry-after": fault.retry_after} if fault.retry_after is not None else {}

@@ -1,73 +1,28 @@
 """LLMClient against a real HTTP server on 127.0.0.1 that misbehaves on cue.
 
-The server speaks the OpenAI chat-completions wire format; each test scripts
-the sequence of answers (429, 500, 401, garbage, slow) and checks what the
-client did: how many requests it sent, what it raised, what it accounted.
+The server is the tests' one scripted OpenAI-compatible server (tests/llm_server_support.py,
+FaultyLLMServer); each test scripts the sequence of answers (429, 500, 401, garbage, slow) and
+checks what the client did: how many requests it sent, what it raised, what it accounted.
 """
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from llm_server_support import Fault, FaultyLLMServer
 
 from autoprune.agent.llm import DUMMY_KEY, LLMClient, resolve_api_key
 from autoprune.errors import LLMError
 
 
-def completion(text: str = "W.abs() * X.norm", prompt: int = 11, completion_tokens: int = 5) -> dict:
-    return {"id": "c1", "object": "chat.completion", "created": 1, "model": "test-model",
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": text}}],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt + completion_tokens}}
-
-
-class ScriptedServer:
-    """Answers POSTs with the next scripted (status, body, delay); the last entry repeats."""
-
-    def __init__(self, script: list[tuple[int, object, float]]):
-        self.script, self.requests = list(script), []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's naming
-                length = int(self.headers.get("content-length", 0))
-                owner.requests.append({"path": self.path, "headers": dict(self.headers),
-                                       "body": json.loads(self.rfile.read(length) or b"{}")})
-                status, body, delay = owner.script.pop(0) if len(owner.script) > 1 else owner.script[0]
-                time.sleep(delay)
-                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout test)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def serve():
+    """serve(*script, reply=...) -> a FaultyLLMServer answering `reply(body)` (default "W.abs() * X.norm")."""
     servers = []
 
-    def start(*script):
-        server = ScriptedServer(list(script))
+    def start(*script, reply=lambda body: "W.abs() * X.norm"):
+        server = FaultyLLMServer(list(script), reply=reply)
         servers.append(server)
         return server
 
@@ -78,66 +33,66 @@ def serve():
 
 def client(server, **kw) -> LLMClient:
     kw.setdefault("max_retries", 3)
-    return LLMClient(server.base_url, "test-model", backoff_base=0.01, backoff_cap=0.05, **kw)
+    return LLMClient(server.base_url, "scripted", backoff_base=0.01, backoff_cap=0.05, **kw)
 
 
 MESSAGES = [{"role": "user", "content": "score?"}]
 
 
 def test_retries_rate_limit_then_succeeds_and_accounts_tokens(serve):
-    server = serve((429, {"error": {"message": "slow down"}}, 0), (200, completion(), 0))
+    server = serve("429", "ok")
     llm = client(server)
     reply = llm.chat(MESSAGES, node="write_code", temperature=0.2, max_tokens=32, seed=7)
-    assert reply.text == "W.abs() * X.norm" and reply.model == "test-model"
+    assert reply.text == "W.abs() * X.norm" and reply.model == "scripted"
     assert (reply.prompt_tokens, reply.completion_tokens) == (11, 5)
-    assert len(server.requests) == 2
-    body = server.requests[-1]["body"]
+    assert len(server.served) == 2
+    body = server.served[-1].body
     assert body["seed"] == 7 and body["max_tokens"] == 32 and body["temperature"] == 0.2
-    assert body["messages"] == MESSAGES and body["model"] == "test-model"
+    assert body["messages"] == MESSAGES and body["model"] == "scripted"
     assert llm.usage_by_node()["write_code"]["calls"] == 1
     assert llm.usage_by_node()["write_code"]["completion_tokens"] == 5
 
 
 def test_server_error_is_retried_then_reported_in_one_line(serve):
-    server = serve((500, {"error": {"message": "boom"}}, 0))
+    server = serve("500")
     with pytest.raises(LLMError) as err:
         client(server, max_retries=2).chat(MESSAGES, node="analyse")
-    assert len(server.requests) == 3
+    assert len(server.served) == 3
     assert "after 3 attempts" in str(err.value) and "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("status,needle", [(401, "API key"), (404, "--llm-base-url"), (400, "400")])
 def test_client_errors_fail_at_once_with_actionable_message(serve, status, needle):
-    server = serve((status, {"error": {"message": "nope"}}, 0))
+    server = serve(str(status))
     with pytest.raises(LLMError) as err:
         client(server).chat(MESSAGES, node="analyse")
-    assert len(server.requests) == 1, "4xx other than 429 must not be retried"
+    assert len(server.served) == 1, "4xx other than 429 must not be retried"
     assert needle in str(err.value)
 
 
 def test_garbage_body_is_retried_then_unusable(serve):
-    server = serve((200, "this is not json {", 0))
+    server = serve("garbage")
     with pytest.raises(LLMError):
         client(server, max_retries=1).chat(MESSAGES, node="reflect")
-    assert len(server.requests) == 2
+    assert len(server.served) == 2
 
 
 def test_empty_choices_are_retried(serve):
-    server = serve((200, {**completion(), "choices": []}, 0), (200, completion("ok"), 0))
+    server = serve("empty_choices", "ok", reply=lambda body: "ok")
     assert client(server).chat(MESSAGES, node="reflect").text == "ok"
-    assert len(server.requests) == 2
+    assert len(server.served) == 2
 
 
 def test_slow_reply_times_out_and_is_retried(serve):
-    server = serve((200, completion("late"), 2.0), (200, completion("fast"), 0))
+    server = serve(Fault("ok", delay=2.0), "ok", reply=lambda body: "fast")
     started = time.perf_counter()
     reply = client(server, timeout=0.5).chat(MESSAGES, node="write_code")
     assert reply.text == "fast"
-    assert len(server.requests) == 2 and time.perf_counter() - started < 2.0
+    assert len(server.served) == 2 and time.perf_counter() - started < 2.0
 
 
 def test_on_call_hook_sees_request_and_response(serve):
-    server = serve((200, completion("traced"), 0))
+    server = serve("ok", reply=lambda body: "traced")
     seen = []
     client(server, on_call=lambda req, resp: seen.append((req, resp))).chat(MESSAGES, node="hypothesise")
     (req, resp), = seen
@@ -165,9 +120,9 @@ def test_api_key_resolution(monkeypatch):
 
 def test_key_is_sent_as_bearer(serve, monkeypatch):
     monkeypatch.setenv("AUTOPRUNE_LLM_API_KEY", "sk-test-123")
-    server = serve((200, completion(), 0))
+    server = serve("ok")
     client(server).chat(MESSAGES, node="analyse")
-    assert server.requests[0]["headers"]["Authorization"] == "Bearer sk-test-123"
+    assert server.served[0].headers["Authorization"] == "Bearer sk-test-123"
 
 
 def rate_limited(**headers):
@@ -195,7 +150,7 @@ def test_retry_after_forms_and_cap():
 
 
 def test_failed_call_reaches_the_on_call_hook_with_its_error(serve):
-    server = serve((503, {"error": {"message": "overloaded"}}, 0))
+    server = serve("503")
     seen = []
     llm = client(server, max_retries=1, on_call=lambda req, resp: seen.append((req, resp)))
     with pytest.raises(LLMError) as err:
