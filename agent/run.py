@@ -55,7 +55,7 @@ class ProgramSearch:
         services = build_services(self.settings, run, self.prepared,
                                   resolve_code_style(self.settings.code_mode, embedded_llm=run.endpoint.embedded))
         services.executor = run.resources.enter_context(
-            evaluation_executor(self.settings, self.prepared, services.sandbox))
+            evaluation_executor(self.settings, self.prepared))
         return services
 
     def header(self, run: Run, services: AgentServices) -> dict:
@@ -104,7 +104,7 @@ def run_agent(config: Optional[RunConfig] = None, *, resume: Optional[Path] = No
 
 
 @contextlib.contextmanager
-def evaluation_executor(config: RunConfig, prepared, runner: CandidateRunner):
+def evaluation_executor(config: RunConfig, prepared):
     """The run's executor (None for serial runs), closed when the run ends, also on errors.
     Its workers rebuild the run's model, fitness windows and sandbox slot from a picklable spec."""
     if not config.parallel:
