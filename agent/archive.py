@@ -1,7 +1,8 @@
 """The elite archive: generation-0 seeds and the top-k candidates the prompts show.
 
-Seeds (Wanda, RIA, magnitude, and SparseGPT's OBS saliency when the run collected
-X.hinv_diag) are ordinary candidate source files under
+Seeds (Wanda, RIA, magnitude, SparseGPT's OBS saliency when the run collected
+X.hinv_diag, and when its bundle carries X.gram the mask programs of agent/mask_seeds.py:
+SparseGPT's own mask selection and an ALPS-class ADMM one) are ordinary candidate source files under
 `candidates/`; they go through the same static gate, sandbox, fitness and
 tournament as LLM programs, count as generation 0 and not against `--budget`.
 Wanda is the reference every report compares the winner with.
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from autoprune.agent.expression import expression_of
+from autoprune.agent.mask_seeds import MASK_SEED_HYPOTHESES, MASK_SEED_SOURCES
 from autoprune.agent.rank_equivalence import rank_signature
 from autoprune.agent.state import AgentState, CandidateRecord
 from autoprune.pruning import contract
@@ -53,6 +55,7 @@ def score(W, X):
 def score(W, X):
     return W**2 / X.hinv_diag
 ''',
+    **MASK_SEED_SOURCES,
 }
 
 SEED_HYPOTHESES = {
@@ -60,6 +63,7 @@ SEED_HYPOTHESES = {
     "seed-ria": "ria: relative importance within row and column, scaled by sqrt activation norm",
     "seed-magnitude": "magnitude: large weights matter, activations ignored",
     SPARSEGPT_ID: "sparsegpt: a weight matters by the loss increase of removing it alone (OBS saliency)",
+    **MASK_SEED_HYPOTHESES,
 }
 
 

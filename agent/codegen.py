@@ -1,8 +1,9 @@
 """From an LLM reply to a candidate source file, in one of two styles.
 
-* **program** (strong LLMs): the reply holds a whole Python file defining
-  `def score(W, X)`. `extract_candidate` finds it among fenced blocks, unfenced
-  code and prose, and normalises its imports.
+* **program** (strong LLMs): the reply holds a whole Python file of one of the contract's
+  kinds (`def score(W, X)`, or the mask program `def prune(W, X, sparsity, pattern)`).
+  `extract_candidate` finds it among fenced blocks, unfenced code and prose, normalises its
+  imports, and refuses a file that reads statistics the run did not collect (the gate's check).
 * **expression** (weak LLMs such as the embedded 135M model): the reply holds
   one torch expression of W and X's fields; `agent.expression` validates its
   names and wraps it in a known-good template, so the model only has to get one
@@ -20,10 +21,11 @@ from typing import Literal, Mapping, Optional
 
 from autoprune.agent.expression import CandidateFormatError, candidate_from_expression_reply
 from autoprune.pruning import contract
+from autoprune.sandbox.gate import missing_fields_error
 
 CodeStyle = Literal["program", "expression", "auto"]
-CONTRACT_HINT = ("Define exactly `def score(W, X):` returning a tensor shaped like W (out, in); "
-                 + contract.one_line() + " Import only torch and math.")
+_KINDS_TEXT = " or ".join(f"`{kind.signature}:` returning {kind.brief}" for kind in contract.KINDS)
+CONTRACT_HINT = (f"Define exactly one of {_KINDS_TEXT}; " + contract.one_line() + " Import only torch and math.")
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _CODE_START = re.compile(r"^(import |from |def |GROUP\s*=|@|[A-Za-z_]\w*\s*=)")
@@ -50,11 +52,15 @@ def candidate_from_reply(text: str, style: str, *, hypothesis: str = "",
     statistics the run collected (`contract.available`'s flags), all an expression may name."""
     if style == "expression":
         return candidate_from_expression_reply(text, hypothesis=hypothesis, offered=offered)
-    return extract_candidate(text)
+    source = extract_candidate(text)
+    missing = missing_fields_error(ast.parse(source), offered) if offered is not None else None
+    if missing:
+        raise CandidateFormatError(f"{missing}. " + CONTRACT_HINT)
+    return source
 
 
 def extract_candidate(text: str) -> str:
-    """The Python file defining `score(W, X)` inside an LLM reply, with imports normalised."""
+    """The Python file defining one of the contract's kinds inside an LLM reply, imports normalised."""
     blocks = _code_blocks(text)
     if not blocks:
         raise CandidateFormatError("your reply contained no Python code. " + CONTRACT_HINT)
@@ -65,14 +71,14 @@ def extract_candidate(text: str) -> str:
             parsed.append((source, ast.parse(source)))
         except SyntaxError as exc:
             last_error = f"line {exc.lineno}: {exc.msg}"
-    with_score = [(s, t) for s, t in parsed if _defines_score(t)]
-    if with_score:
-        return normalise_imports(with_score[-1][0])  # models refine: the last full version wins
+    with_kind = [(s, t) for s, t in parsed if _defines_kind(t)]
+    if with_kind:
+        return normalise_imports(with_kind[-1][0])  # models refine: the last full version wins
     if last_error and not parsed:
         raise CandidateFormatError(f"your code does not parse ({last_error}); it may be cut off. "
                                    "Write a shorter, complete file. " + CONTRACT_HINT)
-    raise CandidateFormatError("your code has no top-level `def score(W, X)` with two parameters. "
-                               + CONTRACT_HINT)
+    signatures = " or ".join(f"`{kind.signature}`" for kind in contract.KINDS)
+    raise CandidateFormatError(f"your code has no top-level {signatures}. " + CONTRACT_HINT)
 
 
 def _code_blocks(text: str) -> list[str]:
@@ -99,27 +105,36 @@ def _parseable_prefix(block: str) -> str:
     return block
 
 
-def _defines_score(tree: ast.Module) -> bool:
-    return any(isinstance(n, ast.FunctionDef) and n.name == "score"
-               and len(n.args.posonlyargs) + len(n.args.args) == 2 for n in tree.body)
+def _arity(node: ast.FunctionDef) -> int:
+    return len(node.args.posonlyargs) + len(node.args.args)
+
+
+def _defines_kind(tree: ast.Module) -> bool:
+    return any(isinstance(n, ast.FunctionDef) and n.name in contract.KIND_BY_NAME
+               and _arity(n) == len(contract.KIND_BY_NAME[n.name].params) for n in tree.body)
 
 
 def _renamed_single_function(source: str) -> str:
-    """No `score`, but two-argument functions (`wanda_score`, `score_v2`): the first one is meant.
+    """No function named like a kind, but one with a kind's arity (`wanda_score`, `score_v2`,
+    `obs_prune`): the first one is meant.
 
-    Small models often name the function after the idea, or emit a chain of near-copies;
-    the first two-argument function (preferring names containing "score") is renamed.
+    Models often name the function after the idea, or emit a chain of near-copies; the first
+    function with a kind's number of parameters (preferring names containing the kind's name,
+    and `score` over `prune`) is renamed.
     """
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return source
     funcs = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
-    two_arg = [f for f in funcs if len(f.args.posonlyargs) + len(f.args.args) == 2]
-    if any(f.name == "score" for f in funcs) or not two_arg:
+    if any(f.name in contract.KIND_BY_NAME for f in funcs):
         return source
-    chosen = next((f for f in two_arg if "score" in f.name.lower()), two_arg[0])
-    return re.sub(rf"\b{re.escape(chosen.name)}\b", "score", source)
+    for kind in contract.KINDS:
+        fitting = [f for f in funcs if _arity(f) == len(kind.params)]
+        if fitting:
+            chosen = next((f for f in fitting if kind.name in f.name.lower()), fitting[0])
+            return re.sub(rf"\b{re.escape(chosen.name)}\b", kind.name, source)
+    return source
 
 
 def normalise_imports(source: str) -> str:

@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from autoprune.agent.runtime.folder import CONFIG_FILE
 from autoprune.agent.runtime.settings import SearchSettings
 from autoprune.errors import BadInputError
-from autoprune.models import check_model_spec
+from autoprune.models import DtypeName, check_model_spec
 from autoprune.pruning.config import check_data_folder
 from autoprune.pruning.pattern import SparsityPattern
 
@@ -30,6 +30,7 @@ class RunConfig(SearchSettings):
 
     budget: int = Field(50, ge=1, description="candidate programs sent to the sandbox (seeds excluded)")
     model: Optional[str] = Field(None, description="hub id, local folder, .gguf, or None for the embedded model")
+    dtype: DtypeName = Field("fp32", description="the weights' dtype; statistics and refits run in float32/64")
     sparsity: float = Field(0.5, gt=0.0, lt=1.0)
     pattern: str = "unstructured"
     sandbox: Literal["docker", "process"] = "docker"
@@ -49,13 +50,27 @@ class RunConfig(SearchSettings):
     code_mode: Literal["auto", "program", "expression"] = "auto"
     mutate_repeats: bool = Field(True, description="expression style: a repeated metric is mutated by trusted "
                                                   "code (agent/mutation.py) instead of asking the LLM again")
+    proposer: Literal["llm", "mutation", "random"] = Field(
+        "llm", description="who proposes candidates: the LLM with trusted mutation of repeats; trusted mutation "
+                           "of population parents only (no LLM call, no LLM server); random expressions from the "
+                           "contract's grammar (agent/population.py, agent/random_search.py)")
     prompts: str = Field("gcot", description="prompt set (entry-point group autoprune.prompts)")
-    reconstruct: bool = False
+    # The finale refits the winner's surviving weights for its masks (sequential, autoprune.pruning.reconstruct):
+    # none | obs | exact. Old config.json files stored a bool (false = none, true = obs).
+    reconstruct: Literal["none", "obs", "exact"] = "exact"
+    # Search-time fitness measures the masked model after this one-shot refit of the kept weights with
+    # the dense calibration XᵀX (agent/fitness.py; costs: benchmarks/results/fitness_levels.md).
+    search_refit: Literal["none", "obs", "exact"] = "obs"
+    # `prune --method` baselines the finale reports on the same test windows (cached across runs).
+    final_baselines: list[str] = Field(default_factory=lambda: ["wanda", "sparsegpt", "alps"])
+    # Allocations the finale chooses from on validation (hyper-parameters tuned there too).
+    final_allocations: list[Literal["uniform", "owl", "sdsa", "atp"]] = Field(
+        default_factory=lambda: ["uniform", "owl", "sdsa", "atp"], min_length=1)
     # Zero-shot accuracy in the finale (lm-eval): winner (chosen allocation), Wanda uniform, dense.
     final_tasks: list[str] = Field(default_factory=list, description="e.g. arc_easy,piqa (empty = none)")
     zeroshot_data: Optional[str] = Field(None, description="local task files (default: the hub)")
     zeroshot_limit: Optional[int] = Field(None, ge=1, description="examples per task (default: all)")
-    sdsa_lambdas: list[float] = Field(default_factory=lambda: [0.04, 0.08])
+    sdsa_lambdas: list[float] = Field(default_factory=lambda: [0.05, 0.1])   # the finale's SDSA grid (|W| skew)
     candidate_timeout_s: float = Field(600.0, gt=0)
     export_model: bool = True
     # Parallel evaluation (agent.executors): "serial" verifies and scores in this process, one at a
@@ -63,6 +78,9 @@ class RunConfig(SearchSettings):
     executor: Literal["serial", "local", "ray"] = "serial"
     workers: int = Field(1, ge=1, le=256)
     ray_address: Optional[str] = None
+    # agent/pipeline.py: batches evaluating in the background while the LLM writes the next candidate
+    # (its prompt then lacks their results; reflect judges them when collected). 0 = one after another.
+    pipeline_depth: int = Field(0, ge=0, le=8, description="candidate batches evaluated while the LLM writes on")
 
     @field_validator("prompts")
     @classmethod
@@ -70,6 +88,25 @@ class RunConfig(SearchSettings):
         from autoprune.prompts.registry import get_prompt_set
 
         get_prompt_set(value)   # an unknown or broken set fails before any work starts
+        return value
+
+    @field_validator("reconstruct", mode="before")
+    @classmethod
+    def _reconstruct_name(cls, value):
+        if isinstance(value, bool):          # config.json of an older version: the OBS flag
+            return "obs" if value else "none"
+        if value not in ("none", "obs", "exact"):
+            raise ValueError(f"unknown reconstruction {value!r} (known: none, obs, exact)")
+        return value
+
+    @field_validator("final_baselines")
+    @classmethod
+    def _known_baselines(cls, value: list[str]) -> list[str]:
+        from autoprune.pruning.choices import method_names
+
+        unknown = [m for m in value if m not in method_names()]
+        if unknown:
+            raise ValueError(f"unknown baseline method(s) {', '.join(unknown)} (known: {', '.join(method_names())})")
         return value
 
     @field_validator("final_tasks")
@@ -107,6 +144,13 @@ class RunConfig(SearchSettings):
     def _ray_needs_address(self) -> "RunConfig":
         if self.executor == "ray" and not self.ray_address:
             raise ValueError("--executor ray needs --ray-address (e.g. 127.0.0.1:6379 or 'auto')")
+        return self
+
+    @model_validator(mode="after")
+    def _trusted_proposers_write_expressions(self) -> "RunConfig":
+        if self.proposer != "llm" and self.code_mode == "program":
+            raise ValueError(f"--proposer {self.proposer} writes one-line expressions: use --code-style "
+                             "expression or auto")
         return self
 
     @property

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import time
+import weakref
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
@@ -40,6 +42,18 @@ from autoprune.errors import AutopruneError, BadInputError, MaskError
 from autoprune.pruning.masks import SparsityPattern, pack_mask, unpack_mask
 
 SPOT_CHECKED_WINDOWS = 1     # fitness windows of each worker result the host recomputes
+_RESIDENT_LOCKS: "weakref.WeakKeyDictionary[Any, threading.Lock]" = weakref.WeakKeyDictionary()
+_RESIDENT_LOCKS_GUARD = threading.Lock()
+
+
+def resident_lock(model) -> threading.Lock:
+    """The one lock of a resident model: fitness masks its weights in place, so whoever measures on it
+    (the evaluation pipeline's thread, the graph's evaluate and finalize nodes) holds this lock."""
+    with _RESIDENT_LOCKS_GUARD:
+        lock = _RESIDENT_LOCKS.get(model)
+        if lock is None:
+            lock = _RESIDENT_LOCKS[model] = threading.Lock()
+        return lock
 
 
 def sandbox_limits(config):
@@ -55,6 +69,7 @@ class WorkerSpec:
 
     bundle_dir: str
     model: Optional[str] = None            # load_model spec (None = embedded default)
+    dtype: str = "fp32"                    # the host's --dtype (its resident model's weights)
     data: Optional[str] = None             # load_corpus spec
     seqlen: int = 512
     levels: tuple[int, ...] = (2, 8)       # fitness windows per fidelity level
@@ -66,17 +81,23 @@ class WorkerSpec:
     gpu: Optional[str] = None              # this worker's GPU id (its DeviceRequest)
     seed: int = 0                          # the run's --seed (a 'self' corpus depends on it)
     device: str = "cpu"                    # where the host keeps its model ("cuda": this worker's GPU)
+    needs: Optional[object] = None         # data.TextNeeds: sizes a 'self' corpus like the host's
+    search_refit: str = "none"             # the host's fitness refit (agent/fitness.py): the same NLLs
+    calibration_samples: int = 64          # the host's calibration windows, for its XᵀX ...
+    run_dir: Optional[str] = None          # ... cached in run_dir/calibration by the host (agent/setup.py)
 
     @classmethod
     def from_config(cls, config, bundle_dir, levels: Sequence[int]) -> "WorkerSpec":
         """The one place a run's settings become a worker's: `config` is the run's RunConfig, `levels`
         the host's fitness levels. Seed and device are the host's, so a worker of a `--data self` run
         samples the host's text and scores the host's windows."""
-        from autoprune.agent.setup import run_device
+        from autoprune.agent.setup import run_device, text_needs
 
-        return cls(bundle_dir=str(Path(bundle_dir).resolve()), model=config.model, data=config.data,
+        return cls(bundle_dir=str(Path(bundle_dir).resolve()), model=config.model, dtype=config.dtype, data=config.data,
                    seqlen=config.seqlen, levels=tuple(levels), sparsity=config.sparsity, pattern=config.pattern,
-                   backend=config.sandbox, limits=sandbox_limits(config), seed=config.seed, device=run_device(config))
+                   backend=config.sandbox, limits=sandbox_limits(config), seed=config.seed, device=run_device(config),
+                   needs=text_needs(config), search_refit=config.search_refit,
+                   calibration_samples=config.calibration_samples, run_dir=str(Path(bundle_dir).resolve().parent))
 
     def model_device(self) -> str:
         """The host's device, on this worker's own GPU when it has one."""
@@ -183,15 +204,25 @@ class EvaluationWorker:
 
         if spec.threads:
             torch.set_num_threads(spec.threads)
-        loaded = load_model(spec.model, device=spec.model_device())
-        corpus = load_corpus(spec.data, model=loaded.model, tokenizer=loaded.tokenizer, seed=spec.seed)
+        loaded = load_model(spec.model, dtype=spec.dtype, device=spec.model_device())
+        corpus = load_corpus(spec.data, model=loaded.model, tokenizer=loaded.tokenizer, seed=spec.seed,
+                             needs=spec.needs)
         windows = fitness_windows(loaded.tokenizer, corpus, nwindows=max(spec.levels), seqlen=spec.seqlen)
+        stats = None
+        if spec.search_refit != "none":      # the host's XᵀX: a cache hit on the host's calibration file
+            from autoprune.agent.setup import search_stats
+            from autoprune.data import calibration_windows
+
+            calibration = calibration_windows(loaded.tokenizer, corpus, nsamples=spec.calibration_samples,
+                                              seqlen=spec.seqlen, seed=spec.seed)
+            stats = search_stats(loaded.model, calibration, spec.search_refit, Path(spec.run_dir or spec.bundle_dir))
         limits = spec.limits or SandboxLimits()
         runner = CandidateRunner(ScoringBundle.open(spec.bundle_dir), SparsityPattern.parse(spec.pattern),
                                  spec.sparsity, spec.backend,
                                  limits=replace(limits, gpus=spec.gpu) if spec.gpu is not None else limits)
         name = f"pid{os.getpid()}" + (f"/gpu{spec.gpu}" if spec.gpu is not None else "")
-        return cls(runner, FitnessService(loaded.model, windows, list(spec.levels)), name)
+        return cls(runner, FitnessService(loaded.model, windows, list(spec.levels), refit=spec.search_refit,
+                                          stats=stats), name)
 
     @property
     def bundle(self):
@@ -215,9 +246,10 @@ class EvaluationWorker:
                                   worker=self.name, group=outcome.group, sandbox_s=outcome.seconds)
         if outcome.status == "ok":
             masks = outcome.masks
-            started = time.perf_counter()
-            result.nlls = self.fitness.evaluate(task.candidate_id, lambda: masks, task.level)
-            result.fitness_s = time.perf_counter() - started
+            with resident_lock(self.fitness.model):     # the sandbox run above needs no lock
+                started = time.perf_counter()
+                result.nlls = self.fitness.evaluate(task.candidate_id, lambda: masks, task.level)
+                result.fitness_s = time.perf_counter() - started
             result.packed_masks = {name: pack_mask(mask) for name, mask in masks.items()}
         return result
 
@@ -245,7 +277,7 @@ def check_on_host(result: EvaluationResult, source: str, bundle, request, fitnes
         if result.status not in STATUSES:
             return HostChecked("invalid-output", "the worker returned an unknown status")
         return HostChecked(result.status, str(result.message)[-4000:])
-    gate = check_source(source)
+    gate = check_source(source, offered=bundle.offered())
     if not gate.ok:
         return HostChecked("rejected-static", gate.message)
     try:

@@ -233,9 +233,11 @@ def _check_attribute(node: ast.Attribute, fields: frozenset[str], offered: dict)
     if attr.startswith("_"):
         raise CandidateFormatError(f"`.{attr}` is forbidden (no underscore attributes). " + EXPRESSION_HINT)
     if isinstance(base, ast.Name) and base.id == "X":
+        if attr in X_FIELDS and attr not in fields:     # the program gate's words (sandbox/gate.py)
+            raise CandidateFormatError(contract.not_offered_message([attr], **offered) + ". "
+                                       + expression_hint(**offered))
         if attr not in fields:
-            missing = "this run did not collect" if attr in X_FIELDS else "X has no field"
-            raise CandidateFormatError(f"{missing} `X.{attr}`; the fields are "
+            raise CandidateFormatError(f"X has no field `X.{attr}`; the fields are "
                                        f"{', '.join(sorted(fields))}. " + expression_hint(**offered))
     elif isinstance(base, ast.Name) and base.id == "torch":
         if attr not in TORCH_FUNCTIONS:

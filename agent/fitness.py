@@ -1,10 +1,14 @@
 """Trusted search-time fitness: per-window NLL of the masked model on validation windows.
 
 The evaluator keeps the model's dense weights resident: for one candidate it
-masks the target linears in place, measures the NLL of each fitness window,
-and restores the dense values (also on errors). The windows come from the
-second half of the validation text (`autoprune.data.fitness_windows`),
-disjoint from calibration; the test split is never read here.
+masks the target linears in place, refits the kept weights for the mask (`refit`:
+none | obs | exact, one-shot with the dense calibration XᵀX, as the user's pruned model is
+refitted: `autoprune/pruning/mask_refit.py`), measures the NLL of each fitness window, and
+restores the dense values (also on errors). A candidate's weights are refitted once per
+call that lacks windows (a promotion refits again, then measures only the new windows);
+the mask-independent Hessian factors once per layer input and run. The windows come from
+the second half of the validation text (`autoprune.data.fitness_windows`), disjoint from
+calibration; the test split is never read here.
 
 Multi-fidelity: level i uses the first `levels[i]` windows, so every candidate
 at a level is measured on the same windows and a promotion only computes the
@@ -16,13 +20,15 @@ them here first (see agent/executors.py for which).
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 
 from autoprune.data import WindowSet
 from autoprune.evaluators.perplexity import window_nlls
-from autoprune.pruning.apply import masks_applied
+from autoprune.pruning.choices import reconstruction_name
+from autoprune.pruning.mask_refit import HessianFactors, refitted
 
 MaskLoader = Callable[[], Mapping[str, torch.Tensor]]
 
@@ -40,11 +46,18 @@ class FitnessService:
     """Per-window validation NLLs of masked variants of one resident dense model."""
 
     def __init__(self, model: torch.nn.Module, windows: WindowSet, levels: Sequence[int], *,
-                 batch_size: int = 1):
+                 batch_size: int = 1, refit: str = "none", stats: Optional[Mapping] = None):
+        """`refit`: none | obs | exact; a refit needs `stats` with XᵀX of every target linear
+        (`collect_activation_stats(..., with_gram=True)` on the dense model)."""
         if len(windows) < max(levels):
             levels = [min(n, len(windows)) for n in levels]
             levels = sorted(set(levels))
         self.model, self.windows, self.levels, self.batch_size = model, windows, list(levels), batch_size
+        self.refit = reconstruction_name(refit)
+        self.factors = HessianFactors.from_stats(stats or {}) if self.refit != "none" else None
+        if self.factors is not None and not self.factors.owner:
+            raise ValueError(f"refit {self.refit!r} needs the calibration statistics with XᵀX")
+        self.last_timings: dict[str, float] = {}        # refit_s / forward_s of the last computation
         self._cache: dict[tuple[str, int], float] = {}
 
     @property
@@ -52,7 +65,8 @@ class FitnessService:
         return len(self.levels)
 
     def describe(self) -> str:
-        return f"{self.windows.description}; fidelity levels {self.levels} windows"
+        refit = "" if self.refit == "none" else f"; kept weights refitted ({self.refit}, one-shot, dense XᵀX)"
+        return f"{self.windows.description}; fidelity levels {self.levels} windows{refit}"
 
     def prime(self, cid: str, nlls: Sequence[float]) -> None:
         """Seed the cache from checkpointed state (a resumed run never recomputes)."""
@@ -84,14 +98,21 @@ class FitnessService:
         return accepted
 
     def _compute(self, cid: str, load_masks: Optional[MaskLoader], indices: list[int]) -> list[float]:
-        """NLLs of the windows `indices` (cached under `cid`)."""
+        """NLLs of the windows `indices` (cached under `cid`); the candidate's masks are refitted
+        once for all of them."""
+        self.last_timings = {"refit_s": 0.0, "forward_s": 0.0}
         if indices:
             subset = WindowSet(self.windows.ids[indices], self.windows.description)
+            started = time.perf_counter()
             if load_masks is None:
                 values = window_nlls(self.model, subset, batch_size=self.batch_size)
             else:
-                with masks_applied(self.model, load_masks()):
+                with refitted(self.model, load_masks(), self.factors, self.refit):
+                    swapped = time.perf_counter()
+                    self.last_timings["refit_s"] = swapped - started
                     values = window_nlls(self.model, subset, batch_size=self.batch_size)
+                started = swapped
+            self.last_timings["forward_s"] = time.perf_counter() - started
             for i, value in zip(indices, values.tolist()):
                 self._cache[(cid, i)] = float(value)
         return [self._cache[(cid, i)] for i in indices]

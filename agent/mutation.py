@@ -144,13 +144,17 @@ def mutations(expression: str, fields: tuple[str, ...] = SWAP_FIELDS) -> list[st
 
 
 def untested_mutation(expression: str, is_new: Callable[[str], bool], rng: random.Random,
-                      depth: int = 2, fields: tuple[str, ...] = SWAP_FIELDS) -> Optional[str]:
+                      depth: int = 2, fields: tuple[str, ...] = SWAP_FIELDS,
+                      prefer: Optional[Callable[[str], bool]] = None) -> Optional[str]:
     """A random mutation for which `is_new(mutated_expression)` holds, or None: single-point ones
-    first; when all of those were tested, a mutation of one of them (up to `depth` points)."""
+    first; when all of those were tested, a mutation of one of them (up to `depth` points).
+    `prefer`: mutants it accepts come first (agent/population.py: those opening an empty cell)."""
     frontier = [expression]
     for _ in range(depth):
         options = list(dict.fromkeys(m for parent in frontier for m in mutations(parent, fields)))
         rng.shuffle(options)
+        if prefer is not None:
+            options = [m for m in options if prefer(m)] + [m for m in options if not prefer(m)]
         found = next((m for m in options if is_new(m)), None)
         if found is not None:
             return found

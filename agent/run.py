@@ -52,8 +52,9 @@ class ProgramSearch:
     def connect(self, run: Run) -> AgentServices:
         from autoprune.agent.codegen import resolve_code_style
 
-        services = build_services(self.settings, run, self.prepared,
-                                  resolve_code_style(self.settings.code_mode, embedded_llm=run.endpoint.embedded))
+        style = ("expression" if self.settings.proposer != "llm"     # trusted proposers write expressions
+                 else resolve_code_style(self.settings.code_mode, embedded_llm=run.endpoint.embedded))
+        services = build_services(self.settings, run, self.prepared, style)
         services.executor = run.resources.enter_context(
             evaluation_executor(self.settings, self.prepared))
         return services

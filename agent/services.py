@@ -2,7 +2,8 @@
 
 Nodes never build these themselves: `run.py` (program mode) builds them once per run and the
 graph binds them to every node (`functools.partial`), so a test can hand a node
-a tiny model's fitness service and a scripted LLM and call it alone.
+a tiny model's fitness service and a scripted LLM and call it alone. The evaluation pipeline
+(agent/pipeline.py) over the run's executor is built once, at its first use, and closed with the run.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Callable, Optional
 
 from autoprune.agent.budget import Budget
 from autoprune.agent.config import RunConfig
-from autoprune.agent.executors import CandidateRunner
+from autoprune.agent.executors import CandidateRunner, SerialExecutor
 from autoprune.agent.fitness import FitnessService
 from autoprune.agent.runtime.trace import RunTrace  # noqa: F401 - the runtime's; nodes' services carry it
 
@@ -48,3 +49,25 @@ class AgentServices:
     finale: Any = None                  # agent.finale.Finale: trusted final evaluation and export
     executor: Any = None                # agent.executors.Executor when the run evaluates in parallel
     on_update: Optional[Callable[[str, dict], None]] = None   # live progress hook (node, update)
+    _pipeline: Any = field(default=None, init=False, repr=False)
+
+    def evaluation(self):
+        """The run's evaluation pipeline over its executor (serial runs: the host's own worker,
+        `SerialExecutor.resident`), built once."""
+        if self._pipeline is None:
+            from autoprune.agent.pipeline import EvaluationPipeline, torch_threads_beside
+
+            executor = self.executor or SerialExecutor.resident(self.sandbox, self.fitness)
+            depth = self.config.pipeline_depth
+            threads = None
+            if depth and self.config.uses_embedded_llm and getattr(self.config, "proposer", "llm") == "llm":
+                from autoprune.agent.embedded_server import llama_cpp_threads
+
+                threads = torch_threads_beside(llama_cpp_threads())
+            self._pipeline = EvaluationPipeline(executor, depth=depth, torch_threads=threads)
+        return self._pipeline
+
+    def close(self) -> None:
+        """End of the run (agent/runtime/run.py): the pipeline starts nothing more."""
+        if self._pipeline is not None:
+            self._pipeline.close()

@@ -18,11 +18,12 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from autoprune.agent.config import RunConfig
 from autoprune.agent.fitness import FitnessService
-from autoprune.data import calibration_windows, fitness_windows, load_corpus, test_windows
+from autoprune.data import TextNeeds, calibration_windows, fitness_windows, load_corpus, test_windows
 from autoprune.models import load_model
 
 log = logging.getLogger(__name__)
 BUNDLE_DIR = "bundle"
+CALIBRATION_DIR = "calibration"
 PROFILE_FILE = "model_profile.json"
 PROFILE_MAX_BYTES = 1 << 20
 
@@ -50,27 +51,42 @@ def run_device(config: RunConfig) -> str:
     return "cuda" if config.gpus and torch.cuda.is_available() else "cpu"
 
 
-def prepare(config: RunConfig, run_dir: Path) -> Prepared:
+def text_needs(config: RunConfig) -> TextNeeds:
+    """What the run reads of its text: sizes a `--data self` corpus (its workers ask for the same)."""
+    return TextNeeds.windows(config.seqlen, calibration=config.calibration_samples,
+                             fitness=max(config.fitness_levels), test=config.test_windows)
+
+
+def search_stats(model, calibration, refit: str, run_dir: Path) -> dict:
+    """The run's dense calibration statistics, cached in run_dir/calibration (where a parallel worker
+    finds the host's file: `executors.EvaluationWorker.from_spec`). The contract's XᵀX-derived fields
+    (X.hinv_diag) for every layer; XᵀX itself, one tensor per layer input, only when search-time
+    fitness refits (`refit` != "none"), and never in the bundle."""
     from autoprune.pruning.calibration import collect_activation_stats
+
+    return collect_activation_stats(model, calibration, with_hessian=True, with_gram=refit != "none",
+                                    cache_dir=Path(run_dir) / CALIBRATION_DIR)
+
+
+def prepare(config: RunConfig, run_dir: Path) -> Prepared:
     from autoprune.sandbox.bundle import ScoringBundle, write_scoring_bundle
 
-    loaded = load_model(config.model, device=run_device(config))
+    loaded = load_model(config.model, dtype=config.dtype, device=run_device(config))
     from autoprune.pruning.loop import check_pattern_fits_model
 
     check_pattern_fits_model(loaded.model, config.sparsity_pattern)
-    corpus = load_corpus(config.data, model=loaded.model, tokenizer=loaded.tokenizer, seed=config.seed)
+    corpus = load_corpus(config.data, model=loaded.model, tokenizer=loaded.tokenizer, seed=config.seed,
+                         needs=text_needs(config))
     calibration = calibration_windows(loaded.tokenizer, corpus, nsamples=config.calibration_samples,
                                       seqlen=config.seqlen, seed=config.seed)
-    # XᵀX-derived fields (X.hinv_diag, SparseGPT's saliency ingredient) for every layer; XᵀX itself
-    # stays out of the bundle. Cost on the embedded model: see the report of issue 15.
-    stats = collect_activation_stats(loaded.model, calibration, with_hessian=True, cache_dir=run_dir / "calibration")
+    stats = search_stats(loaded.model, calibration, config.search_refit, run_dir)
     bundle_dir = run_dir / BUNDLE_DIR
     if (bundle_dir / "manifest.json").is_file():
         bundle = ScoringBundle.open(bundle_dir)
     else:
-        bundle = write_scoring_bundle(loaded.model, stats, bundle_dir)
+        bundle = write_scoring_bundle(loaded.model, stats, bundle_dir, with_gram=config.search_refit != "none")
     windows = fitness_windows(loaded.tokenizer, corpus, nwindows=max(config.fitness_levels), seqlen=config.seqlen)
-    fitness = FitnessService(loaded.model, windows, config.fitness_levels)
+    fitness = FitnessService(loaded.model, windows, config.fitness_levels, refit=config.search_refit, stats=stats)
     return Prepared(loaded, corpus, calibration, stats, bundle, fitness, model_profile(loaded.model, stats, run_dir))
 
 

@@ -16,9 +16,11 @@ from typing import Literal, Optional
 from typing_extensions import TypedDict
 
 # "llm": written by the LLM; "mutation": the LLM repeated a tested metric and trusted code
-# mutated it (agent/mutation.py). Both are search candidates: budgeted, reflected on, ranked.
-Origin = Literal["seed", "llm", "mutation"]
-SEARCH_ORIGINS = ("llm", "mutation")
+# mutated it (agent/mutation.py, or a population parent under --proposer mutation); "random": drawn from
+# the expression grammar (--proposer random, agent/random_search.py). All are search candidates:
+# budgeted, reflected on, ranked.
+Origin = Literal["seed", "llm", "mutation", "random"]
+SEARCH_ORIGINS = ("llm", "mutation", "random")
 Phase = Literal["seeding", "search", "final"]
 
 
@@ -40,6 +42,7 @@ class CandidateRecord(TypedDict, total=False):
     fitness: Optional[float]        # perplexity at its highest level
     level: int                      # highest fidelity level evaluated (-1 = none)
     reflection: str
+    sent: int                       # an LLM candidate's number among those sent (the budget's count)
 
 
 def is_search_candidate(record: CandidateRecord) -> bool:
@@ -63,6 +66,9 @@ class AgentState(TypedDict, total=False):
     attempts: int                   # write_code calls on the current hypothesis (numbers the candidates)
     last_error: Optional[str]       # exact error that goes back to write_code
     queue: list[str]                # written candidates waiting for the sandbox
+    in_flight: list[str]            # sent to the evaluation pipeline, verdict not yet recorded (oldest first)
+    reflected: int                  # the last generation reflect has judged (the pipeline lets it lag)
+    open_hypotheses: dict[str, Hypothesis]   # generation (str) -> its hypothesis, until reflected
     pending_evals: list[list]       # [candidate id, level] pairs waiting for fitness
     candidates: dict[str, CandidateRecord]
     ratings: dict[str, dict[str, float]]   # level -> candidate id -> rating
@@ -81,7 +87,8 @@ class AgentState(TypedDict, total=False):
 def initial_state(run_id: str, seed_ids: list[str], seed_records: dict[str, CandidateRecord]) -> AgentState:
     return AgentState(
         run_id=run_id, phase="seeding", generation=0, analysis="", hypothesis=None, current=None,
-        repairs=0, attempts=0, last_error=None, queue=list(seed_ids), pending_evals=[], candidates=dict(seed_records),
+        repairs=0, attempts=0, last_error=None, queue=list(seed_ids), in_flight=[], reflected=0, open_hypotheses={},
+        pending_evals=[], candidates=dict(seed_records),
         ratings={}, leaderboard=[], archive=[], insights={}, budget_used=0, llm_calls=0,
         tokens={"prompt": 0, "completion": 0}, verdicts={},
         timings={"llm": 0.0, "sandbox": 0.0, "fitness": 0.0}, stop_reason=None, final=None,
@@ -107,6 +114,20 @@ def add_count(counts: dict[str, int], key: str, n: int = 1) -> dict[str, int]:
     out = dict(counts)
     out[key] = out.get(key, 0) + n
     return out
+
+
+def reflect_generation(state: AgentState) -> int:
+    """The generation reflect judges next: the one after the last judged (a checkpoint from before the
+    pipeline has no `reflected`: then the current one)."""
+    generation = int(state.get("generation", 0))
+    return int(state.get("reflected", generation - 1)) + 1
+
+
+def unsettled(state: AgentState, generation: int) -> bool:
+    """Some candidate of `generation` is still queued or in the evaluation pipeline."""
+    candidates = state.get("candidates", {})
+    waiting = list(state.get("queue") or []) + list(state.get("in_flight") or [])
+    return any(candidates.get(cid, {}).get("generation") == generation for cid in waiting)
 
 
 def candidate_id(generation: int, attempt: int) -> str:

@@ -15,6 +15,8 @@ from typing import Optional
 
 from autoprune.data import calibration_windows, load_corpus, test_windows
 from autoprune.errors import BadInputError, SandboxError
+from autoprune.evaluators.baseline_cache import baseline_key
+from autoprune.evaluators.baselines import BaselineEvaluator
 from autoprune.models import LoadedModel, cache_root, load_model
 from autoprune.pruning.calibration import collect_activation_stats, target_linears
 from autoprune.pruning.config import EvalConfig, PruneConfig
@@ -71,34 +73,54 @@ def run_prune_job(config: PruneConfig) -> dict:
     """Prune with `config`; returns perplexities, per-layer sparsity, timings and protocol."""
     started = time.perf_counter()
     quiet_transformers()
-    loaded = load_model(config.model)
+    loaded = load_model(config.model, dtype=config.dtype)
     check_pattern_fits_model(loaded.model, config.sparsity_pattern)
     corpus = load_corpus(config.data, model=loaded.model, tokenizer=loaded.tokenizer, seed=config.seed)
     calibration = calibration_windows(loaded.tokenizer, corpus, nsamples=config.nsamples,
                                       seqlen=config.seqlen, seed=config.seed)
     test = test_windows(loaded.tokenizer, corpus, nwindows=config.eval_windows, seqlen=config.seqlen)
-    dense_ppl = evaluate_perplexity(loaded.model, test, config.progress) if config.eval_dense else None
+    baselines = BaselineEvaluator(loaded.model, calibration, test, progress=config.progress)
+    cached = {}
+    dense_ppl = None
+    if config.eval_dense:
+        dense = baselines.dense()
+        dense_ppl, cached["dense"] = dense.perplexity, dense.cached
     method = (candidate_masks(config, loaded, calibration) if config.is_candidate_file
               else builtin_method(config.method))
+    model_info = baselines.model_info if not config.is_candidate_file else None    # the dense weights' digest
     result = prune_model(loaded.model, calibration, method=method, sparsity=config.sparsity,
                          pattern=config.sparsity_pattern, allocation=config.allocation, mode=config.mode,
                          reconstruct=config.reconstruct, allocation_hyper=config.allocation_hyper,
                          progress=config.progress, cache_dir=stats_cache_dir(config))
-    pruned_ppl = evaluate_perplexity(loaded.model, test, config.progress)
+    pruned_ppl, cached["pruned"] = pruned_perplexity(config, result, model_info, baselines)
     summary = {**result.summary(), "model": loaded.name, "model_source": loaded.source,
                "protocol": {"calibration": calibration.description, "test": test.description,
                             "seqlen": config.seqlen, "test_windows": len(test)},
-               "perplexity": {"dense": dense_ppl, "pruned": pruned_ppl}}
+               "perplexity": {"dense": dense_ppl, "pruned": pruned_ppl}, "perplexity_cached": cached}
     if config.out:
         summary["exported_to"] = str(export_pruned_model(loaded.model, loaded.tokenizer, config.out, summary))
     summary["wall_s"] = time.perf_counter() - started
     return summary
 
 
+def pruned_perplexity(config: PruneConfig, result, model_info: Optional[dict], baselines) -> tuple[float, bool]:
+    """(test perplexity of the pruned model, served from the cross-run cache): a built-in method's result
+    is the same for the same dense weights, windows and settings; a candidate file's is always measured."""
+    def measure() -> float:
+        return evaluate_perplexity(baselines.model, baselines.test, config.progress)
+
+    if model_info is None:
+        return measure(), False
+    key = baseline_key(model_info, baselines.test, baselines.calibration, method=config.method,
+                       sparsity=result.target_sparsity, pattern=result.pattern, allocation=config.allocation,
+                       allocation_hyper=config.allocation_hyper, reconstruct=result.reconstruct, mode=config.mode)
+    return baselines.cache.perplexity(key, measure)
+
+
 def run_eval_job(config: EvalConfig) -> dict:
     """Test perplexity (task `wikitext2`) and zero-shot accuracy (lm-eval tasks) of a saved model."""
     quiet_transformers()
-    loaded = load_model(config.model)
+    loaded = load_model(config.model, dtype=config.dtype)
     result = {"model": loaded.name, "model_source": loaded.source, "perplexity": None, "protocol": {},
               "sparsity": measured_sparsity(loaded.model), "pruning_summary": prune_summary_of(config.model)}
     plugins = plugin_evaluator_tasks(config.tasks)

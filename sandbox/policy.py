@@ -37,6 +37,7 @@ from RestrictedPython import RestrictingNodeTransformer, compile_restricted_exec
 from RestrictedPython.Eval import default_guarded_getitem, default_guarded_getiter
 from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
 
+from autoprune.pruning import contract
 from autoprune.pruning.contract import NAMES as CONTRACT_NAMES
 from autoprune.pruning.stats import ActivationStats
 
@@ -193,7 +194,7 @@ BUILTIN_HINTS = {
     "locals": "pass values as arguments or module-level constants",
     "vars": "use the attributes of X directly (X.norm, X.var, ...)",
     "getattr": "write the attribute directly, e.g. X.norm",
-    "hasattr": "write the attribute directly, e.g. X.norm (X.gram is None when absent)",
+    "hasattr": "write the attribute directly, e.g. X.norm (use only the fields the run collected)",
     "setattr": "build new tensors instead of changing objects",
     "delattr": "build new tensors instead of changing objects",
     "type": "use isinstance() to test types",
@@ -447,6 +448,9 @@ def guarded_getattr(obj, name):
     if name.startswith("_") or name not in allowed:
         raise GuardError(attribute_hint(owner, name))
     value = getattr(obj, name)
+    if value is None and owner == "ActivationStats":      # a field the run did not collect
+        carried = [{n for n in CONTRACT_NAMES if getattr(obj, n) is not None}]
+        raise GuardError(contract.not_offered_message([name], **contract.offered_by(carried)))
     if isinstance(value, types.ModuleType) and _allowed_module_name(value) is None:
         raise GuardError(f"module {owner}.{name} is not reachable from candidates")
     return value

@@ -76,7 +76,7 @@ class SandboxSession:
         t0 = time.perf_counter()
         gate_group = None
         if not self.limits.raw:
-            gate = check_source(source)
+            gate = check_source(source, offered=self.bundle.offered())
             if not gate.ok:   # the warm container stays for the next candidate
                 return CandidateVerdict(status="rejected-static", message=gate.message,
                                         timings={"gate": time.perf_counter() - t0})

@@ -97,6 +97,7 @@ class OkResult(_Strict):
     kind: Literal["ok"]
     layers: Annotated[list[LayerEntry], Field(max_length=MAX_LAYERS)]
     group: Literal["row", "layer"]
+    candidate: Literal["score", "prune"] = "score"      # the contract's kind the worker ran
     timings: Annotated[dict[Key, Seconds], Field(max_length=MAX_STATS)] = {}
 
     @model_validator(mode="after")

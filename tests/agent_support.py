@@ -22,6 +22,7 @@ from autoprune.agent.llm import LLMClient
 from autoprune.agent.llm_journal import JournaledLLM
 from autoprune.agent.services import AgentServices, CandidateRunner, RunContext, RunTrace
 from autoprune.data import WindowSet
+from autoprune.evaluators.baseline_cache import BaselineCache
 from llm_server_support import SCRIPTED_SERVERS, FaultyLLMServer, node_of
 
 GOOD_EXPRESSION = "```python\nW.abs() * X.max_abs\n```"
@@ -87,6 +88,9 @@ def tiny_services(model, run_dir: Path, llm: ScriptedLLM, *, budget: int = 2, ba
     from autoprune.sandbox.bundle import write_scoring_bundle
 
     backend = backend or agent_backend()
+    # pipeline_depth 0 unless a test asks: one candidate after another, as these tests' scripts expect
+    # (the evaluation pipeline has its own tests: tests/test_pipeline_overlap.py).
+    overrides = {"pipeline_depth": 0, **overrides}
     config = RunConfig(budget=budget, sandbox=backend, seqlen=32, fitness_levels=[2, 4], calibration_samples=4,
                        sdsa_lambdas=[0.04], export_model=True, **overrides)
     run_dir = Path(run_dir)
@@ -99,7 +103,7 @@ def tiny_services(model, run_dir: Path, llm: ScriptedLLM, *, budget: int = 2, ba
     trace = RunTrace(run_dir)
     finale = Finale(model=model, tokenizer=None, calibration=calibration, stats=stats, runner=runner,
                     fitness=fitness, test_windows_fn=lambda: random_windows(3, seed=4), config=config,
-                    run_dir=run_dir)
+                    run_dir=run_dir, baseline_cache=BaselineCache(run_dir / "baseline-cache"))
     return AgentServices(config=config, run_dir=run_dir, trace=trace, llm=JournaledLLM(llm, run_dir, trace),
                          prompts=get_prompt_set("gcot"), sandbox=runner, fitness=fitness,
                          budget=Budget(config.budget, config.llm_call_cap, config.token_cap),

@@ -32,6 +32,12 @@ def pytest_configure(config):
         os.environ[AGENT_SANDBOX_ENV] = config.getoption("--agent-sandbox")     # agent_support reads it
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_baseline_cache(tmp_path_factory):
+    """Tests (and the CLI they start) keep cached baseline perplexities out of the user's cache."""
+    os.environ.setdefault("AUTOPRUNE_BASELINE_CACHE_DIR", str(tmp_path_factory.mktemp("baseline-cache")))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Where Docker must be there, a test skipped for want of it has failed."""

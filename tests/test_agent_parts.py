@@ -9,12 +9,13 @@ import torch
 
 from autoprune.agent.budget import Budget
 from autoprune.agent.config import make_config
-from autoprune.agent.fitness import FitnessService, masks_applied
+from autoprune.agent.fitness import FitnessService
+from autoprune.pruning.apply import masks_applied
 from autoprune.agent.insights import Evidence, InsightGraph
 from autoprune.agent.llm_journal import JournaledLLM
 from autoprune.agent.mask_files import load_masks, save_masks
 from autoprune.agent.nodes.hypothesise import parse_hypothesis
-from autoprune.agent.nodes.reflect import parse_lessons, versus_wanda
+from autoprune.agent.nodes.reflect import evidence_for, parse_lessons
 from autoprune.agent.tournament import bradley_terry, leaderboard, paired_wins, successive_halving
 from autoprune.errors import BadInputError
 
@@ -85,7 +86,7 @@ def test_insight_graph_tallies_evidence_and_renders_lessons():
     again = InsightGraph.from_dict(graph.to_dict())
     assert again.tally("rms") == {"supports": 1, "refutes": 0, "inconclusive": 1}
     text = again.render()
-    assert "rms: inputs with large RMS matter" in text and "best ppl 20.00" in text
+    assert "rms: inputs with large RMS matter" in text and "better 1x" in text
     assert "lesson: RMS behaves like the norm" in text
 
 
@@ -97,11 +98,11 @@ def test_parsers_for_hypotheses_and_lessons():
     assert parse_lessons("LESSON: a\nLESSON: norms help here") == ["a", "norms help here"]
 
 
-def test_versus_wanda_uses_the_common_windows():
-    rec = {"nll": {"0": [1.0, 1.0], "1": [1.0, 1.0, 3.0, 3.0]}}
+def test_evidence_against_wanda_uses_the_common_windows():
+    rec = {"id": "c", "status": "ok", "nll": {"0": [1.0, 1.0], "1": [1.0, 1.0, 3.0, 3.0]}}
     wanda = {"nll": {"0": [2.0, 2.0], "1": [2.0, 2.0, 2.0, 2.0]}}
-    relation, detail = versus_wanda(rec, wanda)
-    assert relation == "inconclusive" and "2/4 windows at level 1" in detail
+    ev = evidence_for(rec, wanda)          # mean paired difference 0 over 4 windows: no direction
+    assert ev.relation == "inconclusive" and "+0.0000" in ev.detail and "4 common windows" in ev.detail
 
 
 def test_mask_files_round_trip(tmp_path):

@@ -93,3 +93,35 @@ def test_version_and_help_import_nothing_heavy():
     assert (probe["code"], out) == (0, f"autoprune-agent {__version__}") and probe["heavy"] == []
     probe, out, _ = run_cli("--help")
     assert probe["code"] == 0 and "prune" in out and "search-rates" in out and probe["heavy"] == []
+
+
+OUT_COMMANDS = [("run",), ("prune", "--method", "wanda", "--sparsity", "0.5")]
+
+
+@pytest.mark.parametrize("taken", ["non-empty folder", "file"])
+@pytest.mark.parametrize("command", OUT_COMMANDS, ids=" ".join)
+def test_an_out_that_is_taken_is_refused_before_torch_and_left_alone(command, taken, tmp_path):
+    """`run --out DIR` / `prune --out DIR` never write into a folder that holds something, nor over a file."""
+    out = tmp_path / "out"
+    if taken == "file":
+        out.write_text("keep me")
+    else:
+        out.mkdir()
+        (out / "keep.txt").write_text("keep me")
+    probe, _, err = run_cli(*command, "--out", str(out), cwd=tmp_path)
+    expected = "exists and is not a folder" if taken == "file" else "exists and is not empty"
+    assert probe["code"] == 2 and len(err.splitlines()) == 1 and f"--out {out} {expected}" in err, err
+    assert probe["heavy"] == [], f"{command}: imported {probe['heavy']} to refuse --out"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert (out if taken == "file" else out / "keep.txt").read_text() == "keep me"
+    if command == ("run",) and taken != "file":
+        assert f"--resume {out}" in err                       # how to continue it instead
+
+
+def test_an_empty_or_new_out_folder_is_accepted(tmp_path):
+    from autoprune.pruning.config import check_output_folder
+
+    (tmp_path / "empty").mkdir()
+    for folder in (None, tmp_path / "empty", tmp_path / "new" / "deeper"):
+        assert check_output_folder(folder, flag="--out") is None
+    assert not (tmp_path / "new").exists()                    # checking creates nothing

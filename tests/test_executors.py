@@ -303,6 +303,21 @@ def test_the_default_executor_is_the_hosts_own_runner_and_fitness(tmp_path, tiny
     assert result.status == "ok" and result.nlls == pytest.approx(fresh.evaluate("w", lambda: masks, 0), rel=1e-6)
 
 
+def test_a_serial_run_builds_its_resident_executor_once(tmp_path, tiny_llama):
+    """The run's services build the evaluation pipeline over `SerialExecutor.resident` at its first use and
+    keep it: every verify visit of the run sends to the same worker (and, with a depth, the same thread)."""
+    from agent_support import tiny_services
+
+    services = tiny_services(tiny_llama, tmp_path, None, pipeline_depth=1)
+    pipeline = services.evaluation()
+    assert services.evaluation() is pipeline and pipeline.trusted and pipeline.capacity == 1
+    assert pipeline.executor.worker.runner is services.sandbox and pipeline.executor.worker.fitness is services.fitness
+    pipeline.send([EvaluationTask("wanda", CANDIDATES["wanda"], level=0)])
+    finished = pipeline.collect("wanda")
+    assert finished.result.status == "ok" and finished.started <= finished.finished
+    services.close()
+
+
 @pytest.mark.slow
 def test_a_self_data_worker_scores_the_hosts_windows(tmp_path, tiny_llama_dir):
     """`--data self --seed 7`: a worker built from the run's config samples the host's text and so

@@ -90,3 +90,18 @@ def test_gguf_file_loads_directly():
     ids = loaded.tokenizer("The cat", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.isfinite(loaded.model(ids).logits).all()
+
+
+def test_a_self_corpus_is_sized_to_what_the_windows_read(tokenizer, tiny_llama_dir):
+    """`--data self` samples as many tokens as its windows read (one forward pass per token), no fewer.
+    (That the same needs and seed give a worker the host's windows: test_executors.py.)"""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    needs = data.TextNeeds.windows(32, calibration=2, fitness=4, test=3)
+    corpus = load_corpus("self", model=model, tokenizer=tokenizer, seed=7, needs=needs)
+    validation = tokenize(tokenizer, corpus.validation).numel()
+    assert needs.validation_tokens() <= validation <= 2 * needs.validation_tokens()
+    assert fitness_windows(tokenizer, corpus, nwindows=4, seqlen=32).ids.shape == (4, 32)
+    assert calibration_windows(tokenizer, corpus, nsamples=2, seqlen=32, seed=7).ids.shape == (2, 32)
+    assert data.test_windows(tokenizer, corpus, nwindows=3, seqlen=32).ids.shape == (3, 32)

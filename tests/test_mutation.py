@@ -68,3 +68,10 @@ def test_when_every_single_point_mutant_was_tested_two_point_ones_are_tried():
     assert picked is not None and picked not in single
     assert any(picked in mutations(parent) for parent in single)                   # one more point away
     assert untested_mutation("W.pow(2) * X.sq_mean", lambda m: m not in single, random.Random(0), depth=1) is None
+
+
+def test_untested_mutation_takes_a_preferred_mutant_first():
+    wanted = lambda m: "X.var" in m       # noqa: E731 - e.g. agent/population.py: "opens an empty cell"
+    for seed in range(5):
+        assert "X.var" in untested_mutation("W.abs() * X.norm", lambda m: True, random.Random(seed), prefer=wanted)
+    assert untested_mutation("W.abs() * X.norm", lambda m: True, random.Random(0), prefer=lambda m: False)

@@ -131,3 +131,16 @@ def test_examples_vary_with_the_hypothesis_when_no_offset_is_given():
                    if m["role"] == "assistant")
              for h in ("depth matters", "variance matters", "outliers matter", "rows matter")}
     assert len(shots) > 1
+
+
+def test_best_metrics_state_the_windows_their_perplexities_share():
+    gcot = get_prompt_set("gcot")
+    entries = [{"expression": "W.abs() * X.max_abs", "fitness": 49.19, "windows": 8},
+               {"expression": "W.abs() * X.norm", "fitness": 58.03, "windows": 8}]
+    for node in ("analyse", "hypothesise"):
+        text = gcot.render(node, archive_brief=entries, archive_windows=8)[-1]["content"]
+        assert "validation perplexity on the same 8 windows" in text
+        assert text.index("49.19") < text.index("58.03")
+        assert "same" not in gcot.render(node)[-1]["content"].split("Best metrics so far")[1].splitlines()[0]
+    small = gcot.render("hypothesise", code_style="expression", elite=entries)[-1]["content"]
+    assert "(perplexity 49.2 on 8 validation windows)" in small

@@ -64,3 +64,21 @@ def test_dead_inputs_do_not_break_the_hessian():
     mask, W_new = sparsegpt_prune(W, gram, 0.5)
     assert torch.isfinite(W_new).all()
     assert bool((W_new[:, 3] == 0).all())
+
+
+def test_a_cached_factor_gives_the_uncached_update_also_with_dead_inputs():
+    from autoprune.pruning.sparsegpt import ObsFactor
+
+    W, X, stats = correlated_layer()
+    X[:, 3] = 0.0                                     # an input that never fires
+    gram = X.T @ X
+    factor = ObsFactor.of(gram)
+    assert bool(factor.dead[3]) and int(factor.dead.sum()) == 1
+    for metric in ("wanda", "magnitude"):
+        m = get_metric(metric)
+        mask = scores_to_mask(m.score(W, stats), 0.5, group=m.group)
+        cached = reconstruct(W, mask, factor=factor)
+        assert torch.equal(cached, reconstruct(W, mask, gram))
+        assert torch.all(cached[:, 3] == 0) and torch.equal(W, correlated_layer()[0])   # W itself untouched
+    with pytest.raises(ValueError, match="XᵀX or its ObsFactor"):
+        reconstruct(W, mask)

@@ -303,7 +303,7 @@ def test_every_name_the_agent_writes_still_passes():
            "    v = A.kthvalue(1, dim=1).values.unsqueeze(1)\n    n = linalg.vector_norm(A, dim=0)\n"
            "    s = F.softmax(A, dim=1) * functional.relu(A - v) + r * X.norm.sqrt() + n\n"
            "    s[0, 0] = s.max()\n    rows, cols = s.shape\n    msg = f'{rows}x{cols} {q:.3f}'\n"
-           "    if X.gram is not None and msg.startswith('x'):\n        s = s * X.gram.diagonal()\n"
+           "    if msg.startswith('x'):\n        s = s * X.hess_diag\n"
            "    return (s + k * math.log(2.0) + torch.pi).clamp_min(0).to(torch.float32)\n")
     assert check_source(src).ok, check_source(src).message
     acts = torch.randn(16, 6)
@@ -312,6 +312,9 @@ def test_every_name_the_agent_writes_still_passes():
     stats = ActivationStats(norm=acts.norm(dim=0), sq_mean=acts.pow(2).mean(0), mean=acts.mean(0),
                             var=acts.var(0), max_abs=acts.abs().amax(0))
     assert _exec(src)["score"](torch.randn(4, 6), stats).shape == (4, 6)
+    # An uncollected field is no None to test for: reading it is refused, with the gate's words.
+    with pytest.raises(GuardError, match="did not collect `X.gram`"):
+        _exec("def score(W, X):\n    return X.gram\n")["score"](torch.randn(4, 6), stats)
 
 
 # ---- what only the run-time guards can see: in process, then through both backends -------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import textwrap
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import docker
@@ -18,6 +19,7 @@ import pytest
 import torch
 
 from autoprune.sandbox import SandboxLimits, ScoringRequest, run_candidate
+from autoprune.sandbox.codedir import staged_code_dir
 from autoprune.sandbox.tiny import tiny_bundle
 from sandbox_support import WANDA, folder_digest, require_docker_image, wanda_masks
 
@@ -164,15 +166,33 @@ def test_proc_and_sys_probing(bundle, request_all):
     assert verdict.status == "ok", verdict.message
 
 
-def test_fork_bomb_is_contained(bundle, request_all):
-    payload = raw("""
-        while True:
-            try:
-                os.fork()
-            except OSError:
-                pass
-        """)
-    verdict = run(payload, bundle, request_all, replace(RAW, timeout_s=25.0))
+FORK_BOMB = raw("""
+    while True:
+        try:
+            os.fork()
+        except OSError:
+            pass
+    """)
+INFINITE_LOOP = "def score(W, X):\n    while True:\n        pass\n"
+
+
+@pytest.fixture(scope="module")
+def waits_for_the_clock(bundle, request_all):
+    """The three attacks that end only at the wall-clock limit, run side by side (one container each):
+    the module waits ~25 s for them instead of 65 s one after another. Every container is gone before
+    the first test that asks for them runs (the `host_unchanged` check)."""
+    runs = {"fork-bomb": (FORK_BOMB, replace(RAW, timeout_s=25.0)),
+            "infinite-loop": (INFINITE_LOOP, replace(LIMITS, timeout_s=20.0)),
+            "sleep": (raw("time.sleep(3600)"), replace(RAW, timeout_s=20.0))}
+    staged_code_dir()              # once, first: its staging folder is named per process, not per thread
+    with ThreadPoolExecutor(len(runs)) as pool:
+        futures = {name: pool.submit(run, source, bundle, request_all, limits)
+                   for name, (source, limits) in runs.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def test_fork_bomb_is_contained(bundle, request_all, waits_for_the_clock):
+    verdict = waits_for_the_clock["fork-bomb"]
     assert verdict.status in ("timeout", "crashed"), verdict.message
     assert_next_candidate_runs(bundle, request_all)
 
@@ -193,14 +213,13 @@ def test_memory_bomb_through_the_gate(bundle, request_all):
     assert verdict.status == "out-of-memory", verdict.message
 
 
-def test_infinite_loop_times_out(bundle, request_all):
-    source = "def score(W, X):\n    while True:\n        pass\n"
-    verdict = run(source, bundle, request_all, replace(LIMITS, timeout_s=20.0))
+def test_infinite_loop_times_out(waits_for_the_clock):
+    verdict = waits_for_the_clock["infinite-loop"]
     assert verdict.status == "timeout" and "20 s" in verdict.message
 
 
-def test_sleep_past_the_timeout_is_killed(bundle, request_all):
-    verdict = run(raw("time.sleep(3600)"), bundle, request_all, replace(RAW, timeout_s=20.0))
+def test_sleep_past_the_timeout_is_killed(waits_for_the_clock):
+    verdict = waits_for_the_clock["sleep"]
     assert verdict.status == "timeout"
     assert verdict.timings["total"] < 40
 

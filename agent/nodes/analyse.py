@@ -8,6 +8,8 @@ from autoprune.agent.state import AgentState
 
 
 def analyse(state: AgentState, services: AgentServices) -> dict:
+    if services.config.proposer != "llm":          # no LLM in this run: the profile is the analysis
+        return {"analysis": services.context.model_profile, "phase": "search"}
     exchange, accounting = ask(services, state, "analyse")
     bullets = exchange.text.strip() or "(the LLM gave no analysis)"
     analysis = f"{services.context.model_profile}\n\nObservations:\n{bullets}"

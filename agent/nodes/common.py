@@ -6,10 +6,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from autoprune.agent.archive import read_source
+from autoprune.agent.evidence import comparable_ranking
 from autoprune.agent.expression import expression_of
 from autoprune.agent.insights import InsightGraph
 from autoprune.agent.llm import LLMRequestRefused
 from autoprune.agent.llm_journal import Exchange
+from autoprune.agent.population import population_of
 from autoprune.agent.services import AgentServices
 from autoprune.agent.state import AgentState, add_timings
 from autoprune.errors import LLMError
@@ -72,16 +74,21 @@ def prompt_context(services: AgentServices, state: AgentState) -> dict:
             "model_profile": services.context.model_profile, "analysis": state.get("analysis") or None,
             "insights": InsightGraph.from_dict(state.get("insights")).render(),
             "archive_brief": elite, "elite": elite, "archive": elite,
+            "archive_windows": elite[0]["windows"] if elite else 0,
             **services.context.offered(), "code_style": services.context.code_style}
 
 
 def archive_entries(services: AgentServices, state: AgentState) -> list[dict]:
-    """The elite as dicts the prompt registry renders (code, hypothesis, fitness, reflection, expression)."""
+    """The examples as dicts the prompt registry renders (code, hypothesis, fitness, reflection, expression,
+    windows): the best of distinct population cells (agent/population.py), ranked and shown by their
+    perplexity on the same validation windows only (agent/evidence.py: `comparable_ranking`)."""
     candidates = state.get("candidates", {})
+    ids = population_of(state, services.run_dir).diverse_elite(state.get("leaderboard", []), services.config.elite_k)
+    windows, ranked = comparable_ranking(candidates, ids or state.get("archive", [])[: services.config.elite_k])
     entries = []
-    for cid in state.get("archive", [])[: services.config.elite_k]:
+    for cid, ppl in ranked:
         rec = candidates[cid]
         source = read_source(services.run_dir, rec)
-        entries.append({"hypothesis": rec.get("hypothesis") or cid, "fitness": rec.get("fitness"),
+        entries.append({"hypothesis": rec.get("hypothesis") or cid, "fitness": ppl, "windows": windows,
                         "reflection": rec.get("reflection", ""), "code": source, "expression": expression_of(source)})
     return entries

@@ -1,4 +1,5 @@
-"""evaluate: trusted multi-fidelity fitness of the pending (candidate, level) pairs."""
+"""evaluate: trusted multi-fidelity fitness of the pending (candidate, level) pairs (of the masked model
+after the run's search-time refit; the trace's fitness event states which, and its refit seconds)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def evaluate(state: AgentState, services: AgentServices) -> dict:
         candidates[cid] = record
         fitness_seconds += seconds
         services.trace.emit("fitness", id=cid, level=level, nwindows=len(nlls), nlls=[round(v, 5) for v in nlls],
-                            ppl=ppl, seconds=round(seconds, 3))
+                            ppl=ppl, seconds=round(seconds, 3), refit=fitness.refit,
+                            refit_s=round(fitness.last_timings.get("refit_s", 0.0), 3))
         if cid == WANDA_ID:
             services.trace.emit("baseline", name="wanda", level=level, nwindows=len(nlls), ppl=ppl)
     return {"candidates": candidates, "pending_evals": [], "timings": add_timings(state, fitness=fitness_seconds)}

@@ -29,11 +29,22 @@ def unique_name(name: str, known: dict, generation: int) -> str:
     return name if name not in known else f"{name}-g{generation}"
 
 
+TRUSTED_HYPOTHESES = {      # the arms without an LLM (agent/proposer.py) state what they test
+    "mutation": "a single-point mutation of a population parent (MAP-Elites cell) ranks weights better",
+    "random": "a random expression of the contract's grammar ranks weights better",
+}
+
+
 def hypothesise(state: AgentState, services: AgentServices) -> dict:
     generation = int(state.get("generation", 0)) + 1
-    exchange, accounting = ask(services, {**state, "generation": generation}, "hypothesise", n_hypotheses=1,
-                                 example_offset=generation)
-    hypothesis = parse_hypothesis(exchange.text, generation)
+    proposer = services.config.proposer
+    if proposer in TRUSTED_HYPOTHESES:
+        hypothesis, accounting = Hypothesis(name=f"{proposer}-g{generation}", statement=TRUSTED_HYPOTHESES[proposer],
+                                            generation=generation), {}
+    else:
+        exchange, accounting = ask(services, {**state, "generation": generation}, "hypothesise", n_hypotheses=1,
+                                   example_offset=generation)
+        hypothesis = parse_hypothesis(exchange.text, generation)
     graph = InsightGraph.from_dict(state.get("insights"))
     hypothesis["name"] = unique_name(hypothesis["name"], graph.hypotheses, generation)
     graph.add_hypothesis(hypothesis["name"], hypothesis["statement"])

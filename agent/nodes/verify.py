@@ -1,18 +1,19 @@
-"""verify: the next queued candidates through the run's executor, then the host's checks.
+"""verify: queued candidates into the run's evaluation pipeline, then the host's checks of their results.
 
-One path for every run: the executor (`agent/executors.py`; serial runs use the
-default, `SerialExecutor.resident`) runs each candidate in the sandbox, whose
-`run_candidate` verifies every mask (shape, exact sparsity, N:M pattern), and
-measures its level-0 fitness. A visit sends as many candidates as the executor
-runs at once (one when serial), so the checkpoint after this node holds their
-verdicts: a kill loses at most those in flight. The host verifies every mask
-again and spot-checks worker fitness (`executors.check_on_host`; its own fitness
-it does not recompute). Whatever raises on the host for one candidate becomes its
-"crashed" verdict, so a run never stays stuck on it. LLM candidates count against
-`--budget` when sent; seeds do not. A failure keeps its exact message for the
+One path for every run: the executor (`agent/executors.py`; serial runs use the host's own
+worker, `SerialExecutor.resident`) runs each candidate in the sandbox, whose `run_candidate`
+verifies every mask (shape, exact sparsity, N:M pattern), and measures its level-0 fitness;
+the pipeline (`agent/pipeline.py`) runs it in the background, at most `--pipeline-depth`
+batches ahead, so the LLM writes the next candidate meanwhile (depth 0: at once, in this
+visit). A visit sends as many candidates as the executor runs at once (one when serial) and
+records, oldest first, the verdicts that may not stay in flight; the checkpoint after this node
+holds those verdicts and names the rest (`in_flight`), which a resumed run sends again. The host
+verifies every mask again and spot-checks worker fitness (`executors.check_on_host`; its own
+fitness it does not recompute). Whatever raises on the host for one candidate becomes its
+"crashed" verdict, so a run never stays stuck on it. LLM candidates count against `--budget`
+when sent; seeds do not. A failure of the current hypothesis keeps its exact message for the
 repair turn of write_code.
 """
-
 from __future__ import annotations
 
 import hashlib
@@ -24,7 +25,7 @@ import torch
 
 from autoprune.agent.archive import read_source
 from autoprune.agent.executors import (SPOT_CHECKED_WINDOWS, EvaluationResult, EvaluationTask, HostChecked,
-                                      SandboxOutcome, SerialExecutor, check_on_host)
+                                      SandboxOutcome, check_on_host)
 from autoprune.agent.mask_files import differing_fraction, load_packed, save_masks
 from autoprune.agent.services import AgentServices
 from autoprune.agent.state import AgentState, add_count, add_timings, is_search_candidate, with_candidate
@@ -85,22 +86,33 @@ DUPLICATE_HINT = ("so it was not evaluated. A factor that is constant within a r
 
 
 def verify(state: AgentState, services: AgentServices) -> dict:
-    """The next queued candidates, as many as the executor runs at once (one for the default serial
-    executor): sandbox + masks + level-0 fitness by its workers, then the host's own checks. The
-    checkpoint after this node holds their verdicts (a kill loses at most those in flight)."""
-    executor = services.executor or SerialExecutor.resident(services.sandbox, services.fitness)
+    """Send the next queued candidates to the evaluation pipeline (as many as the executor runs at
+    once), then record the verdicts of those that must not stay in flight, oldest first (see
+    `in_flight_after`). The checkpoint after this node holds every verdict recorded here and names
+    the candidates still in flight: a kill loses at most those, and the resumed run sends them again."""
+    pipeline = services.evaluation()
     queue = list(state.get("queue", []))
-    step = VerifyStep(state, services, queue=queue[executor.workers:])
-    tasks, llm_sent = [], 0
-    for cid in queue[:executor.workers]:
-        if step.may_send(cid, already_sent=llm_sent):
-            tasks.append(EvaluationTask(cid, read_source(services.run_dir, state["candidates"][cid]), level=0))
-            llm_sent += is_search_candidate(state["candidates"][cid])
-    spot_checks = 0 if executor.trusted else SPOT_CHECKED_WINDOWS
-    for task, result in zip(tasks, executor.map(tasks) if tasks else []):
-        step.record(task.candidate_id, sandbox_outcome(lambda: checked_outcome(result, task, services, spot_checks)))
-        step.merge(timings=add_timings(step.view, fitness=finite_seconds(result.fitness_s)))   # duplicates' too
+    step = VerifyStep(state, services, queue=queue[pipeline.executor.workers:])
+    pipeline.ensure_sent([step.task(cid) for cid in step.view.get("in_flight") or []])
+    pipeline.send([step.task(cid) for cid in queue[:pipeline.executor.workers] if step.may_send(cid)])
+    spot_checks = 0 if pipeline.trusted else SPOT_CHECKED_WINDOWS
+    keep = in_flight_after(step.view, services, pipeline.capacity, had_queue=bool(queue))
+    while len(step.view.get("in_flight") or []) > keep:
+        cid = step.view["in_flight"][0]
+        finished = pipeline.collect(cid)
+        task = step.task(cid)
+        step.record(cid, sandbox_outcome(lambda: checked_outcome(finished.result, task, services, spot_checks)),
+                    ran=(finished.started, finished.finished))
+        step.merge(timings=add_timings(step.view, fitness=finite_seconds(finished.result.fitness_s)))
     return step.update
+
+
+def in_flight_after(view: AgentState, services: AgentServices, capacity: int, *, had_queue: bool) -> int:
+    """How many candidates may stay in flight after this visit: the pipeline's capacity while the graph
+    goes on writing (search phase, budget left); none when it will not (seeds, budget spent) or when it
+    came here to wait (nothing queued: reflect or the finale needs the results)."""
+    writes_on = had_queue and view.get("phase") == "search" and services.budget.can_submit(view)
+    return capacity if writes_on else 0
 
 
 def host_failure(exc: Exception) -> SandboxOutcome:
@@ -145,37 +157,52 @@ def checked_outcome(result: EvaluationResult, task: EvaluationTask, services: Ag
 
 
 class VerifyStep:
-    """Records verdicts one candidate at a time into the node's update (budget, counts, timings)."""
+    """Sends candidates and records their verdicts one at a time into the node's update (budget,
+    counts, timings)."""
 
     def __init__(self, state: AgentState, services: AgentServices, *, queue: list[str]):
         self.services, self.view = services, dict(state)
         self.update: dict = {"queue": queue}
 
-    def may_send(self, cid: str, already_sent: int = 0) -> bool:
-        """Seeds always; LLM candidates while the budget says one more fits beside those already in
-        this batch (else marked not-sent)."""
-        if not is_search_candidate(self.view["candidates"][cid]) or self.services.budget.can_send(
-                self.view, already_sent):
-            return True
-        self.merge(candidates=with_candidate(self.view, cid, status="not-sent", message="budget spent"))
-        return False
+    def task(self, cid: str) -> EvaluationTask:
+        return EvaluationTask(cid, read_source(self.services.run_dir, self.view["candidates"][cid]), level=0)
 
-    def record(self, cid: str, outcome: SandboxOutcome) -> str:
-        is_llm = is_search_candidate(self.view["candidates"][cid])
-        budget_used = int(self.view.get("budget_used", 0)) + (1 if is_llm else 0)
+    def may_send(self, cid: str) -> bool:
+        """Seeds always; LLM candidates while the budget has room, counted as sent now (else marked
+        not-sent). A sent candidate joins `in_flight`."""
+        record = self.view["candidates"][cid]
+        if is_search_candidate(record):
+            if not self.services.budget.can_send(self.view):
+                self.merge(candidates=with_candidate(self.view, cid, status="not-sent", message="budget spent"))
+                return False
+            sent = int(self.view.get("budget_used", 0)) + 1
+            self.merge(budget_used=sent, candidates=with_candidate(self.view, cid, sent=sent))
+        self.merge(in_flight=list(self.view.get("in_flight") or []) + [cid])
+        return True
+
+    def record(self, cid: str, outcome: SandboxOutcome, ran: tuple[float, float] = (0.0, 0.0)) -> str:
+        """One collected candidate's verdict (`ran`: when its evaluation started and ended). A failure
+        of the current generation goes back to write_code for repair; one the search has moved past
+        (the pipeline let the LLM write on) is evidence for reflect only."""
+        record = self.view["candidates"][cid]
+        is_llm = is_search_candidate(record)
         status, message, masks_path, digest = self._checked(cid, outcome)
         self.services.trace.emit("verdict", id=cid, status=status, message=message, group=outcome.group,
                                  timings={k: round(v, 4) for k, v in outcome.timings.items()},
-                                 submitted=budget_used if is_llm else None, budget_used=budget_used)
-        self.merge(budget_used=budget_used, verdicts=add_count(self.view.get("verdicts", {}), status),
-                    timings=add_timings(self.view, sandbox=outcome.seconds),
-                    candidates=with_candidate(self.view, cid, status=status, message=message,
-                                              masks_path=masks_path, group=outcome.group, mask_digest=digest))
+                                 submitted=record.get("sent") if is_llm else None,
+                                 budget_used=int(self.view.get("budget_used", 0)),
+                                 started=round(ran[0], 3), finished=round(ran[1], 3))
+        self.merge(budget_used=int(self.view.get("budget_used", 0)),      # the update always names it
+                   verdicts=add_count(self.view.get("verdicts", {}), status),
+                   timings=add_timings(self.view, sandbox=outcome.seconds),
+                   in_flight=[c for c in self.view.get("in_flight") or [] if c != cid],
+                   candidates=with_candidate(self.view, cid, status=status, message=message,
+                                             masks_path=masks_path, group=outcome.group, mask_digest=digest))
         if status == "ok":
             self.merge(pending_evals=list(self.view.get("pending_evals", [])) + [[cid, 0]])
-        elif is_llm:
+        elif is_llm and record.get("generation") == self.view.get("generation"):
             self.merge(last_error=f"{status}: {message}", repairs=int(self.view.get("repairs", 0)) + 1,
-                        current=cid)
+                       current=cid)
         return status
 
     def _checked(self, cid: str, outcome: SandboxOutcome) -> tuple[str, str, str | None, str | None]:

@@ -21,6 +21,8 @@ from autoprune.agent.codegen import candidate_from_reply
 from autoprune.agent.expression import CandidateFormatError, expression_of, wrap_expression
 from autoprune.agent.mutation import swap_fields, untested_mutation
 from autoprune.agent.nodes.common import FailedExchange, ask
+from autoprune.agent.population import population_of
+from autoprune.agent.proposer import propose
 from autoprune.agent.services import AgentServices
 from autoprune.agent.state import AgentState, CandidateRecord, candidate_id, with_candidate
 
@@ -77,13 +79,16 @@ def write_code(state: AgentState, services: AgentServices) -> dict:
     generation, attempt = int(state["generation"]), int(state.get("attempts", state.get("repairs", 0)))
     hypothesis = state["hypothesis"]
     statement = f"{hypothesis['name']}: {hypothesis['statement']}"
-    exchange, accounting = ask_for_code(state, services, statement, attempt)
     tested = known_metrics(state, services.run_dir)
-    verdict = classify_reply(exchange.text, style=services.context.code_style, hypothesis=statement, tested=tested,
-                             call_error=exchange.error if isinstance(exchange, FailedExchange) else None,
-                             offered=services.context.offered())
-    if isinstance(verdict, Rejection) and verdict.repeats is not None:
-        verdict = mutated_instead(state, services, verdict, tested, statement, attempt)
+    if services.config.proposer != "llm":           # the ablation arms without an LLM (agent/proposer.py)
+        verdict, accounting = proposed_without_llm(state, services, tested, statement, attempt), {}
+    else:
+        exchange, accounting = ask_for_code(state, services, statement, attempt)
+        verdict = classify_reply(exchange.text, style=services.context.code_style, hypothesis=statement,
+                                 tested=tested, call_error=exchange.error if isinstance(exchange, FailedExchange)
+                                 else None, offered=services.context.offered())
+        if isinstance(verdict, Rejection) and verdict.repeats is not None:
+            verdict = mutated_instead(state, services, verdict, tested, statement, attempt)
     if isinstance(verdict, Rejection):
         services.trace.emit("note", text=f"generation {generation} attempt {attempt}: no usable code: {verdict.reason}")
         return {"last_error": verdict.reason, "repairs": int(state.get("repairs", 0)) + 1, "attempts": attempt + 1,
@@ -112,7 +117,7 @@ def written_record(state: AgentState, services: AgentServices, cid: str, candida
     path = candidate_path(cid)
     (Path(services.run_dir) / path).parent.mkdir(parents=True, exist_ok=True)
     (Path(services.run_dir) / path).write_text(candidate.source, encoding="utf-8")
-    parent = candidate.parent if candidate.origin == "mutation" else state.get("current")
+    parent = candidate.parent if candidate.origin != "llm" else state.get("current")
     return CandidateRecord(id=cid, generation=int(state["generation"]), origin=candidate.origin,
                            hypothesis=state["hypothesis"]["name"], path=path,
                            parent=parent if parent in state.get("candidates", {}) else None, status="written",
@@ -128,10 +133,24 @@ def mutated_instead(state: AgentState, services: AgentServices, repeat: Rejectio
     expression = expression_of(repeat.source) if mutable else ""
     rng = random.Random(f"{services.config.seed}-{state['generation']}-{attempt}")   # same choice on resume
     mutated = untested_mutation(expression, lambda e: metric_fingerprint(wrap_expression(e)) not in tested,
-                                rng, fields=swap_fields(**services.context.offered())) if expression else None
+                                rng, fields=swap_fields(**services.context.offered()),
+                                prefer=population_of(state, services.run_dir).opens_cell) if expression else None
     if mutated is None:
         return repeat
     services.trace.emit("note", text=f"generation {state['generation']} attempt {attempt}: the LLM repeated "
                                      f"{repeat.repeats['id']} ({expression}); trusted mutation: {mutated}")
     source = wrap_expression(mutated, hypothesis=statement)
     return Candidate(source, metric_fingerprint(source), origin="mutation", parent=repeat.repeats["id"])
+
+
+def proposed_without_llm(state: AgentState, services: AgentServices, tested: Mapping[str, Mapping],
+                         statement: str, attempt: int) -> Classified:
+    """`--proposer mutation|random`: trusted code proposes an untested expression (agent/proposer.py)."""
+    rng = random.Random(f"{services.config.seed}-{services.config.proposer}-{state['generation']}-{attempt}")
+    proposal = propose(services.config.proposer, state, services.run_dir, rng=rng, offered=services.context.offered(),
+                       is_new=lambda e: metric_fingerprint(wrap_expression(e)) not in tested)
+    if proposal is None:
+        return Rejection(f"--proposer {services.config.proposer} found no untested expression")
+    expression, origin, parent = proposal
+    source = wrap_expression(expression, hypothesis=statement)
+    return Candidate(source, metric_fingerprint(source), origin=origin, parent=parent)

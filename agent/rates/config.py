@@ -13,7 +13,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from autoprune.agent.runtime.settings import SearchSettings
 from autoprune.errors import BadInputError
-from autoprune.models import check_device, check_model_spec
+from autoprune.models import DtypeName, check_device, check_model_spec
 from autoprune.pruning.choices import IMPORTANCE_KINDS
 from autoprune.pruning.config import check_data_folder
 
@@ -28,6 +28,7 @@ class RatesConfig(SearchSettings):
     target_params: float = 0.7          # fraction of decoder parameters kept
     population: int = 6                 # survivors kept by elitism
     model: Optional[str] = None         # None = the embedded SmolLM2-135M
+    dtype: DtypeName = "fp32"           # the weights' dtype (bf16 | fp16 | fp32); refits run in float64
     data: Optional[str] = None          # data folder, 'wikitext2' or 'self'
     seqlen: int = 256                   # search-time windows (calibration and fitness)
     nsamples: int = 32                  # calibration windows (the refit needs more tokens than scores)

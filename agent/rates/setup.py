@@ -47,7 +47,7 @@ def allocator_seeds(model, stats: dict[str, ActivationStats], constraint: RateCo
 
 def prepare_search(config: RatesConfig, loaded: LoadedModel | None = None) -> SearchInputs:
     """Load (unless given) the model, the data, the dense statistics; fix the rate constraint."""
-    loaded = loaded or load_model(config.model, device=config.device)
+    loaded = loaded or load_model(config.model, dtype=config.dtype, device=config.device)
     model, tokenizer = loaded.model, loaded.tokenizer
     attention_geometry(model)                       # fail early on unsupported families
     corpus = load_corpus(config.data, model=model, tokenizer=tokenizer, seed=config.seed)

@@ -8,6 +8,7 @@ from typing import Optional
 
 from autoprune.runlog.trace_file import TRACE_FILE, read_trace
 from autoprune.errors import BadInputError
+from autoprune.pruning.config import check_output_folder
 
 CONFIG_FILE = "config.json"
 
@@ -16,12 +17,16 @@ def fresh_run_dir(folder: Optional[Path], *, seed: int, flag: str, resume_hint: 
     """`folder` (created; refused unless empty), or runs/<utc time>-s<seed> when None."""
     if folder is not None:
         folder = Path(folder).expanduser()
-        if folder.exists() and any(folder.iterdir()):
-            raise BadInputError(f"{flag} {folder} exists and is not empty (use {resume_hint} to continue it)")
+        check_fresh_run_dir(folder, flag=flag, resume_hint=resume_hint)
     else:
         folder = Path("runs") / f"{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-s{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def check_fresh_run_dir(folder: Optional[Path], *, flag: str, resume_hint: str) -> None:
+    """A fresh run's folder is new or empty (the CLI asks before torch loads; `fresh_run_dir` again)."""
+    check_output_folder(folder, flag=flag, hint=f"use {resume_hint} to continue it")
 
 
 def resumable_run_dir(folder: Path) -> Path:

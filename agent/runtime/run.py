@@ -50,7 +50,12 @@ def run_search(mode: SearchMode, run_dir: Path, *, resumed: bool, live: bool = F
 def execute(mode: SearchMode, run: Run, *, live: bool, client: Any) -> Any:
     mode.prepare(run)
     settings = mode.settings
-    if client is None:
+    proposer = getattr(settings, "proposer", "llm")
+    if client is None and proposer != "llm":       # --proposer mutation|random: no LLM call, so no server
+        from autoprune.agent.proposer import NoLLMClient
+
+        run.endpoint, client = Endpoint("(none)", f"no LLM (--proposer {proposer})", False), NoLLMClient(proposer)
+    elif client is None:
         run.endpoint = run.resources.enter_context(llm_endpoint(settings.llm_base_url, settings.llm_model,
                                                                 run.run_dir))
         from autoprune.agent.llm import LLMClient
@@ -62,6 +67,8 @@ def execute(mode: SearchMode, run: Run, *, live: bool, client: Any) -> Any:
     run.llm = JournaledLLM(client, run.run_dir, run.trace, temperature=settings.temperature,
                            max_tokens=settings.llm_max_tokens)
     services = mode.connect(run)
+    if callable(getattr(services, "close", None)):
+        run.resources.callback(services.close)      # e.g. the evaluation pipeline: nothing new starts
     header = {"run_id": run.run_id, "mode": mode.name, "config": settings.model_dump(mode="json"),
               **mode.header(run, services)}
     header["llm"] = {**run.endpoint.to_dict(), **header.get("llm", {})}

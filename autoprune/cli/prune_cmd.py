@@ -19,6 +19,8 @@ def prune(
     pattern: str = typer.Option("unstructured", help="unstructured | 2:4 | 4:8 (N:M)"),
     allocation: str = typer.Option("uniform", help="uniform | owl | sdsa (layer-wise sparsity)"),
     model: Optional[str] = typer.Option(None, help="hub id, local folder, .gguf file, or 'embedded'"),
+    dtype: str = typer.Option("fp32", help="bf16 | fp16 | fp32: the dtype the weights load in "
+                                           "(statistics and refits stay float32/64)"),
     data: Optional[str] = typer.Option(None, help="data folder, 'wikitext2' (hub) or 'self'"),
     nsamples: int = typer.Option(16, help="calibration windows"),
     seqlen: int = typer.Option(512, help="tokens per window"),
@@ -35,7 +37,7 @@ def prune(
     from autoprune.pruning.config import PruneConfig, make_config
 
     config = make_config(PruneConfig, method=method, sparsity=sparsity, pattern=pattern, allocation=allocation,
-                         model=model, data=data, nsamples=nsamples, seqlen=seqlen, eval_windows=eval_windows,
+                         model=model, dtype=dtype, data=data, nsamples=nsamples, seqlen=seqlen, eval_windows=eval_windows,
                          mode=mode, reconstruct=reconstruct, seed=seed, out=out, sandbox=sandbox,
                          progress=not as_json)
     if config.is_candidate_file:
@@ -68,6 +70,7 @@ def gate_candidate_file(path: str) -> None:
 @app.command("eval")
 def evaluate(
     model_dir: str = typer.Argument(..., help="model folder (e.g. from prune --out), hub id or .gguf"),
+    dtype: str = typer.Option("fp32", help="bf16 | fp16 | fp32: the dtype the weights load in"),
     data: Optional[str] = typer.Option(None, help="data folder, 'wikitext2' (hub) or 'self'"),
     seqlen: int = typer.Option(512, help="tokens per window"),
     windows: Optional[int] = typer.Option(None, help="test windows (default: all)"),
@@ -81,7 +84,7 @@ def evaluate(
     """Test-split perplexity and zero-shot accuracy (lm-eval) of a model."""
     from autoprune.pruning.config import EvalConfig, make_config
 
-    config = make_config(EvalConfig, model=model_dir, data=data, seqlen=seqlen, windows=windows,
+    config = make_config(EvalConfig, model=model_dir, dtype=dtype, data=data, seqlen=seqlen, windows=windows,
                          progress=not as_json, tasks=[t.strip() for t in tasks.split(",") if t.strip()],
                          zeroshot_data=zeroshot_data, zeroshot_limit=limit)
     from autoprune.jobs import run_eval_job      # torch loads only now that every flag is valid

@@ -21,6 +21,8 @@ def search_rates(
     target_params: float = typer.Option(0.7, help="fraction of decoder parameters kept, in (0, 1)"),
     run_dir: str = typer.Option("runs/rates", help="run folder (trace, checkpoints, exported model)"),
     model: Optional[str] = typer.Option(None, help="hub id, local folder, .gguf file, or 'embedded'"),
+    dtype: str = typer.Option("fp32", help="bf16 | fp16 | fp32: the dtype the weights load in "
+                                           "(statistics and refits stay float32/64)"),
     data: Optional[str] = typer.Option(None, help="data folder, 'wikitext2' (hub) or 'self'"),
     population: int = typer.Option(6, help="population kept by elitism"),
     seqlen: int = typer.Option(256, help="tokens per search-time window"),
@@ -56,7 +58,7 @@ def search_rates(
     from autoprune.agent.rates.config import RatesConfig
 
     config = RatesConfig(run_dir=run_dir, target_params=target_params, budget=budget, population=population,
-                         model=model, data=data, seqlen=seqlen, nsamples=nsamples, fitness_windows=fitness_windows,
+                         model=model, dtype=dtype, data=data, seqlen=seqlen, nsamples=nsamples, fitness_windows=fitness_windows,
                          eval_seqlen=eval_seqlen, eval_windows=eval_windows or None, low=low, high=high, reconstruct=reconstruct,
                          importance=importance,
                          max_repairs=max_repairs, llm_base_url=llm_base_url, llm_model=llm_model, seed=seed, device=device,

@@ -20,6 +20,8 @@ from autoprune.safe_text import terminal_safe
 def run(
     budget: int = typer.Option(50, help="candidate programs sent to the sandbox (seeds excluded)"),
     model: Optional[str] = typer.Option(None, help="hub id, local folder, .gguf file (default: embedded)"),
+    dtype: Optional[str] = typer.Option(None, help="bf16 | fp16 | fp32: the dtype the weights load in (default "
+                                                   "fp32; statistics and refits stay float32/64)"),
     sparsity: float = typer.Option(0.5, help="target fraction of weights removed, in (0, 1)"),
     pattern: str = typer.Option("unstructured", help="unstructured | 2:4 (N:M)"),
     llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint (default: embedded LLM)"),
@@ -37,13 +39,24 @@ def run(
     code_style: Optional[str] = typer.Option(None, help="auto | program | expression"),
     no_mutation: bool = typer.Option(False, "--no-mutation",
                                      help="never mutate a repeated expression in trusted code; ask the LLM again"),
+    proposer: Optional[str] = typer.Option(None, help="llm (default) | mutation | random: who proposes candidates "
+                                                      "(mutation and random make no LLM call)"),
     prompts: Optional[str] = typer.Option(None, help="prompt set to use (default gcot; see `plugins`)"),
     llm_max_tokens: Optional[int] = typer.Option(None, help="cap on each LLM reply (default 768)"),
-    reconstruct: bool = typer.Option(False, "--reconstruct",
-                                     help="also report the winner with OBS reconstruction (and export that model)"),
+    reconstruct: Optional[str] = typer.Option(None, "--reconstruct",
+                                              help="none | obs | exact (default): the finale's refit of the "
+                                                   "winner's surviving weights (the exported model)"),
+    search_refit: Optional[str] = typer.Option(None, "--search-refit",
+                                               help="none | obs (default) | exact: refit of the kept weights "
+                                                    "inside search-time fitness (one-shot, dense XᵀX)"),
     executor: Optional[str] = typer.Option(None, help="serial | local | ray: evaluate candidates in parallel"),
     workers: Optional[int] = typer.Option(None, help="parallel workers: CPU slices or GPUs (default 1)"),
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster for --executor ray, e.g. 127.0.0.1:6379"),
+    pipeline_depth: Optional[int] = typer.Option(None, help="candidates evaluated in the background while the LLM "
+                                                            "writes the next (default 0 = one after another; 1 overlaps one batch)"),
+    final_baselines: Optional[str] = typer.Option(None, help="`prune --method` baselines the finale reports on the "
+                                                            "same test windows (default wanda,sparsegpt,alps; "
+                                                            "cached across runs; 'none' for none)"),
     final_tasks: Optional[str] = typer.Option(None, help="zero-shot tasks for the final report, e.g. arc_easy,piqa"),
     zeroshot_data: Optional[str] = typer.Option(None, help="local zero-shot task folder (default: the hub)"),
     zeroshot_limit: Optional[int] = typer.Option(None, help="zero-shot examples per task (default: all)"),
@@ -63,15 +76,21 @@ def run(
         summary = run_agent(resume=resume, live=not as_json, confirm=confirm)
     else:
         levels = parse_levels(fitness_levels) if fitness_levels else None
-        config = make_config(budget=budget, model=model, sparsity=sparsity, pattern=pattern,
+        config = make_config(budget=budget, model=model, dtype=dtype, sparsity=sparsity, pattern=pattern,
                              llm_base_url=llm_base_url, llm_model=llm_model, sandbox=sandbox, gpus=gpus, data=data,
                              out=out, seed=seed, calibration_samples=nsamples, seqlen=seqlen,
                              fitness_levels=levels, test_windows=test_windows, code_mode=code_style,
                              mutate_repeats=False if no_mutation else None, llm_max_tokens=llm_max_tokens, prompts=prompts,
-                             reconstruct=reconstruct or None, executor=executor, workers=workers,
-                             ray_address=ray_address, zeroshot_data=zeroshot_data, zeroshot_limit=zeroshot_limit,
+                             proposer=proposer,
+                             reconstruct=reconstruct, search_refit=search_refit, executor=executor, workers=workers,
+                             ray_address=ray_address, pipeline_depth=pipeline_depth,
+                             zeroshot_data=zeroshot_data, zeroshot_limit=zeroshot_limit,
+                             final_baselines=comma_list(final_baselines),
                              final_tasks=[t.strip() for t in final_tasks.split(",") if t.strip()]
                              if final_tasks else None)
+        from autoprune.agent.runtime.folder import check_fresh_run_dir
+
+        check_fresh_run_dir(config.out, flag="--out", resume_hint=f"--resume {config.out}")   # before torch
         from autoprune.agent.run import run_agent       # torch, langgraph... load once every flag is valid
 
         summary = run_agent(config, live=not as_json)
@@ -79,6 +98,13 @@ def run(
         typer.echo(json.dumps(summary.to_dict(), indent=2, default=str))
     else:
         print_summary(summary.to_dict())
+
+
+def comma_list(text: Optional[str]) -> Optional[list[str]]:
+    """`a,b` -> ["a", "b"]; "none" -> []; None (flag not given) -> None (the default)."""
+    if text is None:
+        return None
+    return [] if text.strip() == "none" else [t.strip() for t in text.split(",") if t.strip()]
 
 
 def parse_levels(text: str) -> list[int]:

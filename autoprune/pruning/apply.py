@@ -53,6 +53,22 @@ def restore(model: nn.Module, snapshot: WeightSnapshot) -> None:
 
 
 @contextmanager
+def weights_applied(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """(out, in) weights (e.g. refitted ones) swapped into the named layers for the duration of the
+    block; the weights they replace come back afterwards, also on errors."""
+    snapshot = snapshot_weights(model, list(weights))
+    try:
+        for name, value in weights.items():
+            shape = tuple(linear_weight(model.get_submodule(name)).shape)
+            if tuple(value.shape) != shape:
+                raise MaskError(f"{name}: new weight shape {tuple(value.shape)}, layer {shape}")
+        set_weights(model, dict(weights))
+        yield
+    finally:
+        restore(model, snapshot)
+
+
+@contextmanager
 def masks_applied(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> Iterator[None]:
     """Masks applied for the duration of the block; the dense weights come back even on errors."""
     snapshot = snapshot_weights(model, list(masks))

@@ -33,7 +33,7 @@ from autoprune.progress import progress_bar
 from autoprune.pruning.sparsegpt import damped_inverse_hessian
 from autoprune.pruning.stats import ActivationStats, RunningChannelStats
 
-CACHE_VERSION = 2               # 2: hess_diag, hinv_diag
+CACHE_VERSION = 3               # 2: hess_diag, hinv_diag; 3: one XᵀX per layer input
 GramSelection = Union[bool, tuple[str, ...]]
 BATCH_SIZE = 4
 
@@ -56,17 +56,41 @@ def wants_gram(name: str, selection: GramSelection) -> bool:
     return any(name.endswith("." + suffix) for suffix in selection)
 
 
+class SharedInputs:
+    """One RunningChannelStats per distinct layer INPUT: linears that read the same tensor (q/k/v,
+    gate/up) share one, so XᵀX is accumulated (and stored, and factored) once per input.
+
+    Found at run time, for any architecture: a linear whose hook sees the very tensor object the
+    previous hook saw joins that hook's accumulator (when both want XᵀX or both do not)."""
+
+    def __init__(self, widths: dict[str, int], with_gram: GramSelection):
+        self.widths, self.with_gram = widths, with_gram
+        self.running: dict[str, RunningChannelStats] = {}
+        self._last: Optional[tuple[torch.Tensor, RunningChannelStats]] = None
+
+    def update(self, name: str, x: torch.Tensor) -> None:
+        last, wants = self._last, wants_gram(name, self.with_gram)
+        same = last is not None and last[0] is x and (last[1].gram is not None) == wants
+        if name not in self.running:
+            self.running[name] = last[1] if same else RunningChannelStats(self.widths[name], with_gram=wants)
+            if same:
+                return
+        elif same and self.running[name] is last[1]:
+            return                                  # this input was counted by the linear before
+        self._last = (x, self.running[name])
+        self.running[name].update(x.detach().cpu())
+
+
 @contextmanager
 def stat_hooks(modules: dict[str, nn.Module], *, with_gram: GramSelection) -> Iterator[dict[str, RunningChannelStats]]:
-    """Forward hooks that feed each module's input into a RunningChannelStats, removed on exit.
-
-    Statistics live on the CPU whatever the model's device (they are small next to the model)."""
-    running = {name: RunningChannelStats(linear_weight(m).shape[1], with_gram=wants_gram(name, with_gram))
-               for name, m in modules.items()}
-    handles = [m.register_forward_hook(lambda mod, args, out, n=name: running[n].update(args[0].detach().cpu()))
+    """Forward hooks that feed each module's input into a RunningChannelStats (one per distinct
+    input, `SharedInputs`), removed on exit. Statistics live on the CPU whatever the model's device
+    (they are small next to the model)."""
+    shared = SharedInputs({name: linear_weight(m).shape[1] for name, m in modules.items()}, with_gram)
+    handles = [m.register_forward_hook(lambda mod, args, out, n=name: shared.update(n, args[0]))
                for name, m in modules.items()]
     try:
-        yield running
+        yield shared.running
     finally:
         for handle in handles:
             handle.remove()
@@ -74,8 +98,14 @@ def stat_hooks(modules: dict[str, nn.Module], *, with_gram: GramSelection) -> It
 
 def finish_stats(running: dict[str, RunningChannelStats], block_of: dict[str, int],
                  num_layers: int) -> dict[str, ActivationStats]:
-    return {name: r.finish(layer_index=block_of[name], num_layers=num_layers, name=name.rsplit(".", 1)[-1])
-            for name, r in running.items()}
+    """Per linear; linears that shared an accumulator share its XᵀX tensor (one object)."""
+    grams: dict[int, Optional[torch.Tensor]] = {}
+    out = {}
+    for name, r in running.items():
+        stats = r.finish(layer_index=block_of[name], num_layers=num_layers, name=name.rsplit(".", 1)[-1])
+        stats.gram = grams.setdefault(id(r), stats.gram)
+        out[name] = stats
+    return out
 
 
 def add_hessian_stats(stats: ActivationStats) -> None:
@@ -83,6 +113,17 @@ def add_hessian_stats(stats: ActivationStats) -> None:
     with SparseGPT's damping. (hess_diag = Σ X_j² needs no gram: `RunningChannelStats` gives it.)
     One Cholesky per layer (about 1 s at in = 1536 on one core), hence opt-in."""
     stats.hinv_diag = torch.diagonal(damped_inverse_hessian(stats.gram)).to(torch.float32)
+
+
+def add_hessian_stats_shared(stats: dict[str, ActivationStats]) -> None:
+    """`add_hessian_stats` once per distinct XᵀX (layers that read one input share it)."""
+    done: dict[int, ActivationStats] = {}
+    for s in stats.values():
+        first = done.setdefault(id(s.gram), s)
+        if first is s:
+            add_hessian_stats(s)
+        else:
+            s.hinv_diag = first.hinv_diag.clone()       # per layer, like every vector field
 
 
 def batches(windows: WindowSet, batch_size: int = BATCH_SIZE) -> list[torch.Tensor]:
@@ -159,8 +200,8 @@ def collect_activation_stats(model: nn.Module, windows: WindowSet, *, with_gram:
     block_of = {name: index for name, (index, _) in targets.items()}
     stats = finish_stats(running, block_of, len(adapter_for(model).blocks(model)))
     if with_hessian:
+        add_hessian_stats_shared(stats)
         for name, s in stats.items():
-            add_hessian_stats(s)
             s.gram = s.gram if wants_gram(name, with_gram) else None
     if with_grad:
         for name, grad in gradient_magnitudes(model, windows, modules, progress).items():
@@ -190,18 +231,19 @@ def cache_key(model: nn.Module, windows: WindowSet, *, with_gram: GramSelection,
 
 
 def save_cached_stats(folder: Path, key: str, stats: dict[str, ActivationStats], windows: WindowSet) -> None:
+    """One safetensors file + json; an XᵀX shared by several layers is written once (`gram_of`)."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {}
+    tensors, owner_of, layers = {}, {}, {}
     for name, s in stats.items():
-        tensors.update(s.to_tensors(name))
-    meta = {"windows": windows.description, "layers": {
-        name: {"layer_index": s.layer_index, "num_layers": s.num_layers, "name": s.name, "nsamples": s.nsamples}
-        for name, s in stats.items()}}
+        owner = owner_of.setdefault(id(s.gram), name) if s.gram is not None else name
+        tensors.update(s.to_tensors(name, skip=("gram",) if owner != name else ()))
+        layers[name] = {"layer_index": s.layer_index, "num_layers": s.num_layers, "name": s.name,
+                        "nsamples": s.nsamples, **({"gram_of": owner} if owner != name else {})}
     save_file(tensors, str(folder / f"{key}.safetensors.tmp"))
     (folder / f"{key}.safetensors.tmp").replace(folder / f"{key}.safetensors")
-    (folder / f"{key}.json").write_text(json.dumps(meta, indent=1))
+    (folder / f"{key}.json").write_text(json.dumps({"windows": windows.description, "layers": layers}, indent=1))
 
 
 def load_cached_stats(folder: Path, key: str) -> Optional[dict[str, ActivationStats]]:
@@ -212,7 +254,17 @@ def load_cached_stats(folder: Path, key: str) -> Optional[dict[str, ActivationSt
         return None
     tensors = load_file(str(data_path))
     layers = json.loads(meta_path.read_text())["layers"]
-    return {name: ActivationStats.from_tensors(tensors, name, **info) for name, info in layers.items()}
+    stats = {}
+    for name, info in layers.items():
+        info = dict(info)
+        owner = info.pop("gram_of", None)
+        stats[name] = ActivationStats.from_tensors(tensors, name, **info)
+        if owner is not None:
+            shared = stats[owner].gram if owner in stats else None
+            if shared is None or shared.shape != (stats[name].in_features,) * 2:
+                return None                  # not what save_cached_stats writes: computed again
+            stats[name].gram = shared
+    return stats
 
 
 class _StopForward(Exception):

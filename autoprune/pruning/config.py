@@ -10,7 +10,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from autoprune.errors import BadInputError, DataError
-from autoprune.models import check_model_spec
+from autoprune.models import DtypeName, check_model_spec
 from autoprune.pruning.allocators import allocator_names
 from autoprune.pruning.choices import RECONSTRUCTION_NAMES, method_names, reconstruction_name
 from autoprune.pruning.pattern import SparsityPattern
@@ -26,6 +26,7 @@ class PruneConfig(BaseModel):
     pattern: str = "unstructured"
     allocation: str = "uniform"
     model: Optional[str] = None
+    dtype: DtypeName = "fp32"             # the weights' dtype; statistics and refits run in float32/64
     data: Optional[str] = None
     nsamples: int = Field(16, ge=1)
     seqlen: int = Field(512, ge=8)
@@ -83,6 +84,7 @@ class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
+    dtype: DtypeName = "fp32"
     data: Optional[str] = None
     seqlen: int = Field(512, ge=8)
     windows: Optional[int] = Field(None, ge=1)
@@ -104,7 +106,24 @@ def make_config(cls, **values):
         raise BadInputError(f"{field}: {message}") from None
     check_model_spec(config.model)
     check_data_folder(config.data)
+    if isinstance(config, PruneConfig):
+        check_output_folder(config.out, flag="--out")
     return config
+
+
+def check_output_folder(folder, *, flag: str, hint: str = "") -> None:
+    """An output folder is new or empty: a file, or a folder that holds anything, is refused (before
+    torch loads, so a typo costs no model load and overwrites nothing)."""
+    if folder is None:
+        return
+    path = Path(folder).expanduser()
+    try:
+        if path.exists() and not path.is_dir():
+            raise BadInputError(f"{flag} {path} exists and is not a folder")
+        if path.is_dir() and any(path.iterdir()):
+            raise BadInputError(f"{flag} {path} exists and is not empty" + (f" ({hint})" if hint else ""))
+    except OSError as exc:
+        raise BadInputError(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from None
 
 
 def check_data_folder(data: Optional[str]) -> None:

@@ -5,6 +5,10 @@ inputs that already went through the pruned blocks 0..i-1. One-shot mode uses
 the dense model's statistics for every block. Per-block sparsities come from an
 allocator fed with profiles of the dense model. A metric, an allocator or a
 reconstruction is a plug-in; this file never changes for a new method.
+
+With an `onloader` (autoprune.pruning.onload) the model's blocks stay on disk: the loop
+materialises block i, prunes it, saves it and releases it before block i+1, so memory is
+bounded by one block; masks are then not kept (the saved weights carry the zeros).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from autoprune.pruning.calibration import (capture_block_inputs, collect_activat
                                            run_block, stat_hooks, target_linears)
 from autoprune.pruning.masks import SparsityPattern, check_pattern_fits, mask_sparsity, scores_to_mask, verify_mask
 from autoprune.pruning.metrics import Metric, get_metric
+from autoprune.pruning.onload import BlockOnloader
 from autoprune.pruning.methods import LayerPruner, PrecomputedMasks, PruneResult, peak_rss_mb
 from autoprune.pruning.profile import block_profile
 from autoprune.pruning.choices import reconstruction_name
@@ -126,9 +131,10 @@ def prune_model(model: nn.Module, calibration: WindowSet, *, method: Method, spa
                 mode: str = "sequential", reconstruct: Union[bool, str] = False,
                 allocation_hyper: Optional[dict] = None,
                 progress: bool = True, dense_stats: Optional[dict[str, ActivationStats]] = None,
-                cache_dir=None) -> PruneResult:
+                cache_dir=None, onloader: Optional[BlockOnloader] = None) -> PruneResult:
     """Prune `model` in place. `dense_stats` (from `collect_activation_stats`) may be shared across runs.
-    `reconstruct`: "none" | "obs" | "exact" (True = "obs")."""
+    `reconstruct`: "none" | "obs" | "exact" (True = "obs"). `onloader`: the blocks are offloaded
+    (sequential mode and an allocation without dense profiles only; `masks` stays empty)."""
     started = time.perf_counter()
     reconstruct = reconstruction_name(reconstruct)
     pattern = as_pattern(pattern)
@@ -140,6 +146,9 @@ def prune_model(model: nn.Module, calibration: WindowSet, *, method: Method, spa
     needs_dense = not precomputed and (mode == "one-shot" or method.needs_grad or needs_profiles(allocation))
     if precomputed and refits and mode == "one-shot":
         needs_dense = True
+    if onloader is not None and (needs_dense or precomputed):
+        raise BadInputError("offloaded pruning runs one block at a time: it needs sequential mode, a metric or "
+                            "layer pruner without gradients, and an allocation without dense profiles")
     if needs_dense and not stats_suffice(dense_stats, gram=needs_gram and mode == "one-shot",
                                          grad=method.needs_grad):
         dense_stats = collect_activation_stats(model, calibration, with_gram=needs_gram and mode == "one-shot",
@@ -151,20 +160,30 @@ def prune_model(model: nn.Module, calibration: WindowSet, *, method: Method, spa
         profile_metric = method if isinstance(method, Metric) and not hasattr(method, "prune_layer") else None
         block_sparsity, profiles = plan_block_sparsity(model, sparsity, allocation, stats=dense_stats,
                                                        profile_metric=profile_metric, hyper=allocation_hyper)
-    masks = run_layer_loop(model, calibration, method, mode, dense_stats, block_sparsity, pattern,
-                           reconstruct, needs_gram, progress)
+    masks, layer_sparsity = run_layer_loop(model, calibration, method, mode, dense_stats, block_sparsity, pattern,
+                                           reconstruct, needs_gram, progress, onloader)
     done = time.perf_counter()
+    # Without masks, the overall sparsity is the size-weighted mean of the layers' (PruneResult reads masks).
+    extras = {} if onloader is None else {"offloaded": True,
+                                          "overall_sparsity": weighted_sparsity(model, layer_sparsity)}
     return PruneResult(
-        masks=masks, layer_sparsity={n: mask_sparsity(m) for n, m in masks.items()},
+        masks=masks, layer_sparsity=layer_sparsity,
         block_sparsity=block_sparsity, block_profiles=profiles, target_sparsity=sparsity,
         method=method.name, allocation=allocation if not precomputed else "precomputed", pattern=str(pattern),
         mode=mode, reconstruct=reconstruct, calibration=calibration.description,
         timings={"calibration_s": calibrated - started, "pruning_s": done - calibrated, "total_s": done - started},
-        peak_rss_mb=peak_rss_mb())
+        peak_rss_mb=peak_rss_mb(), extras=extras)
+
+
+def weighted_sparsity(model: nn.Module, layer_sparsity: dict[str, float]) -> float:
+    sizes = {name: linear_weight(module).numel() for name, (_, module) in target_linears(model).items()}
+    return sum(layer_sparsity[n] * sizes[n] for n in layer_sparsity) / max(sum(sizes.values()), 1)
 
 
 def run_layer_loop(model, calibration, method, mode, dense_stats, block_sparsity, pattern, reconstruct,
-                   needs_gram, progress) -> dict[str, Tensor]:
+                   needs_gram, progress, onloader=None) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """(masks, layer sparsity); with an `onloader`, each block is materialised, pruned, saved and
+    released in turn and no mask is kept."""
     adapter = adapter_for(model)
     blocks = adapter.blocks(model)
     targets = target_linears(model)
@@ -173,8 +192,11 @@ def run_layer_loop(model, calibration, method, mode, dense_stats, block_sparsity
     sequential = mode == "sequential" and needs_stats
     inputs = capture_block_inputs(model, calibration) if sequential else None
     masks: dict[str, Tensor] = {}
+    layer_sparsity: dict[str, float] = {}
     for i in progress_bar(range(len(blocks)), f"pruning ({method.name})", enabled=progress):
         names = names_of[i]
+        if onloader is not None:
+            onloader.onload(i)
         if sequential:
             stats = block_stats(blocks[i], inputs, {n: targets[n][1] for n in names}, i, len(blocks), needs_gram)
             for n in names:
@@ -182,10 +204,15 @@ def run_layer_loop(model, calibration, method, mode, dense_stats, block_sparsity
                     stats[n].grad = dense_stats[n].grad
         else:
             stats = {n: dense_stats[n] for n in names} if dense_stats is not None else {}
-        masks.update(prune_block(model, method, names, stats, block_sparsity[i], pattern, reconstruct))
+        block_masks = prune_block(model, method, names, stats, block_sparsity[i], pattern, reconstruct)
+        layer_sparsity.update({n: mask_sparsity(m) for n, m in block_masks.items()})
         if sequential:
             inputs = run_block(blocks[i], inputs)
-    return masks
+        if onloader is None:
+            masks.update(block_masks)
+        else:
+            onloader.offload(i, save=True)
+    return masks, layer_sparsity
 
 
 def block_stats(block: nn.Module, inputs, modules: dict[str, nn.Module], index: int, num_layers: int,

@@ -14,13 +14,18 @@ from autoprune.errors import BadInputError
 from autoprune.pruning.structured import LayerStructure, attention_geometry, mlp_width, structure_for_rates
 
 
-def layer_linear_params(model, layer: LayerStructure) -> int:
-    """Weights of one decoder layer's linears at the given sizes (q, k, v, o, (gate,) up, down)."""
+def linear_param_sizes(model) -> tuple[int, int]:
+    """(weights per KV group: q and o of its heads, k and v; weights per MLP channel: gate and up rows,
+    the down column). Read once per count: the geometry check walks block 0's parameters."""
     head_dim, _, group_size = attention_geometry(model)
     hidden = model.config.hidden_size
-    per_group = (2 * group_size + 2) * head_dim * hidden      # q and o: group_size heads; k and v: one
-    mlp_linears = 3 if adapter_for(model).has("gate") else 2
-    return layer.kv_groups * per_group + mlp_linears * hidden * layer.intermediate
+    return (2 * group_size + 2) * head_dim * hidden, (3 if adapter_for(model).has("gate") else 2) * hidden
+
+
+def layer_linear_params(model, layer: LayerStructure, sizes: tuple[int, int] | None = None) -> int:
+    """Weights of one decoder layer's linears at the given sizes (q, k, v, o, (gate,) up, down)."""
+    per_group, per_channel = sizes or linear_param_sizes(model)
+    return layer.kv_groups * per_group + per_channel * layer.intermediate
 
 
 def dense_structure(model) -> list[LayerStructure]:
@@ -31,7 +36,8 @@ def dense_structure(model) -> list[LayerStructure]:
 def decoder_totals(model) -> tuple[int, int]:
     """(all decoder parameters, those outside the prunable linears: norms, biases) of the dense model."""
     blocks = adapter_for(model).blocks(model)
-    dense_linears = sum(layer_linear_params(model, s) for s in dense_structure(model))
+    sizes = linear_param_sizes(model)
+    dense_linears = sum(layer_linear_params(model, s, sizes) for s in dense_structure(model))
     total = sum(p.numel() for block in blocks for p in block.parameters())
     return total, total - dense_linears
 
@@ -41,7 +47,8 @@ def kept_parameter_fraction(model, rates: list[float], totals: tuple[int, int] |
 
     `model` must be the dense model; pass `totals` (from `decoder_totals`) to skip recounting."""
     total, others = totals or decoder_totals(model)
-    kept = sum(layer_linear_params(model, s) for s in structure_for_rates(model, rates)) + others
+    sizes = linear_param_sizes(model)
+    kept = sum(layer_linear_params(model, s, sizes) for s in structure_for_rates(model, rates)) + others
     return kept / total
 
 

@@ -80,13 +80,24 @@ def masked_cg(Hn: Tensor, rhs: Tensor, mask: Tensor, start: Tensor, *, rtol: flo
     return B
 
 
-def exact_refit(W: Tensor, mask: Tensor, gram: Tensor, *, start: Optional[Tensor] = None, damp: float = DAMP,
-                rtol: float = RTOL, max_iter: int = MAX_ITER, dtype=torch.float32) -> Tensor:
-    """The per-row least-squares optimum of the damped layer objective on `mask`'s support."""
-    mask = mask.to(torch.bool)
+def unit_hessian(gram: Tensor, damp: float = DAMP, dtype=torch.float32) -> tuple[Tensor, Tensor]:
+    """(Ĥ, s) of the damped XᵀX (`unit_diagonal`), in `dtype`: what `exact_refit` needs of one layer
+    input, independent of the mask (computed once per input when many masks are refitted)."""
     Hn, s = unit_diagonal(damped_gram(gram, damp))
-    Hn = Hn.to(dtype)
-    s = s.to(dtype)
+    return Hn.to(dtype), s.to(dtype)
+
+
+def exact_refit(W: Tensor, mask: Tensor, gram: Optional[Tensor] = None, *, start: Optional[Tensor] = None,
+                damp: float = DAMP, rtol: float = RTOL, max_iter: int = MAX_ITER, dtype=torch.float32,
+                unit: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
+    """The per-row least-squares optimum of the damped layer objective on `mask`'s support
+    (`unit`: `unit_hessian(gram, damp, dtype)`, precomputed)."""
+    mask = mask.to(device=W.device, dtype=torch.bool)
+    if unit is None:
+        if gram is None:
+            raise ValueError("exact_refit needs the layer's XᵀX or its unit_hessian")
+        unit = unit_hessian(gram, damp, dtype)
+    Hn, s = (t.to(W.device) for t in unit)
     dense = W.detach().to(dtype) * s
     rhs = dense @ Hn
     warm = (start.detach().to(dtype) if start is not None else W.detach().to(dtype) * mask) * s

@@ -9,7 +9,8 @@ columns to its right (lazily, a block of 128 columns at a time).
 
 `sparsegpt_prune` also chooses the mask (per block of columns, by the OBS
 saliency w²/U_jj², or per M columns for N:M); `reconstruct` runs the same
-sweep with a mask given by any metric (DESIGN §5).
+sweep with a mask given by any metric (DESIGN §5). U depends on the layer input's
+XᵀX only (`ObsFactor`), so a refit of many masks factors each input once.
 """
 
 from __future__ import annotations
@@ -46,11 +47,29 @@ def damped_inverse_hessian(gram: Tensor, damp: float = DAMP) -> Tensor:
     return torch.cholesky_inverse(L)
 
 
+@dataclass(frozen=True)
+class ObsFactor:
+    """What the OBS sweep needs of one layer input's Hessian, independent of the mask and of the
+    weights: the upper Cholesky factor U of (XᵀX + δI)⁻¹ (float32) and the inputs that never fired.
+    Layers that read one input (q/k/v, gate/up) and every candidate mask can share one."""
+
+    U: Tensor
+    dead: Tensor
+
+    @classmethod
+    def of(cls, gram: Tensor, damp: float = DAMP) -> "ObsFactor":
+        U = torch.linalg.cholesky(damped_inverse_hessian(gram, damp), upper=True).to(torch.float32)
+        return cls(U, torch.diagonal(gram) == 0)
+
+    def to(self, device) -> "ObsFactor":
+        return self if self.U.device == torch.device(device) else ObsFactor(self.U.to(device), self.dead.to(device))
+
+
 def inverse_hessian_factor(gram: Tensor, W: Tensor, damp: float = DAMP) -> Tensor:
     """Upper Cholesky factor of (XᵀX + δI)⁻¹, δ = damp · mean diag. Zeroes W's dead inputs in place."""
-    W[:, torch.diagonal(gram) == 0] = 0.0
-    Hinv = damped_inverse_hessian(gram, damp)
-    return torch.linalg.cholesky(Hinv, upper=True).to(torch.float32)
+    factor = ObsFactor.of(gram, damp)
+    W[:, factor.dead] = 0.0
+    return factor.U
 
 
 def saliency(W: Tensor, d: Tensor) -> Tensor:
@@ -120,12 +139,18 @@ def sparsegpt_prune(W: Tensor, gram: Tensor, sparsity: float, pattern: SparsityP
     return obs_sweep(W, U, mask=None, sparsity=sparsity, pattern=pattern, blocksize=blocksize)
 
 
-def reconstruct(W: Tensor, mask: Tensor, gram: Tensor, *, damp: float = DAMP,
-                blocksize: int = BLOCKSIZE) -> Tensor:
-    """Surviving weights updated by OBS for a FIXED keep-mask; pruned weights are exactly zero."""
+def reconstruct(W: Tensor, mask: Tensor, gram: Optional[Tensor] = None, *, damp: float = DAMP,
+                blocksize: int = BLOCKSIZE, factor: Optional[ObsFactor] = None) -> Tensor:
+    """Surviving weights updated by OBS for a FIXED keep-mask; pruned weights are exactly zero.
+    `factor` (`ObsFactor.of(gram, damp)`, computed once per layer input) saves the Cholesky work."""
+    if factor is None:
+        if gram is None:
+            raise ValueError("reconstruct needs the layer's XᵀX or its ObsFactor")
+        factor = ObsFactor.of(gram, damp)
     W = W.detach().to(torch.float32).clone()
-    U = inverse_hessian_factor(gram, W, damp)
-    return obs_sweep(W, U, mask=mask.to(torch.bool), blocksize=blocksize)[1]
+    factor = factor.to(W.device)
+    W[:, factor.dead] = 0.0
+    return obs_sweep(W, factor.U, mask=mask.to(device=W.device, dtype=torch.bool), blocksize=blocksize)[1]
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import json
 from typing import Any, Iterable, Optional
 
 from autoprune.reports.document import Code, Document, Figure, Para, Section, Table
+from autoprune.reports.insight_section import insight_section
 from autoprune.reports.run_model import RunView
 
 LEADERBOARD_ROWS = 10
@@ -30,7 +31,8 @@ def one_line(text: str, limit: int = 160) -> str:
 def build_document(view: RunView, figures: Iterable[str]) -> Document:
     figures = set(figures)
     doc = Document(title=f"autoprune run {view.run_info.get('run_id') or view.run_dir.name}")
-    for build in (summary_section, config_section, winner_section, fitness_section, verdict_section,
+    for build in (summary_section, config_section, winner_section, fitness_section, insight_section,
+                  verdict_section,
                   sparsity_section, final_section, cost_section):
         section = build(view, figures)
         if section is not None and section.blocks:
@@ -130,9 +132,9 @@ def sparsity_section(view: RunView, figures: set[str]) -> Optional[Section]:
     if isinstance(sdsa, dict):
         chosen = {k: v for k, v in sdsa.items() if not isinstance(v, list)}
         if chosen:
-            blocks.append(Para("SDSA hyper-parameters (chosen on validation data): "
+            blocks.append(Para("SDSA hyper-parameters (the best of its grid on validation data): "
                                + ", ".join(f"{k}={fmt(v, 3)}" for k, v in chosen.items())))
-    return Section("Per-block sparsity: uniform / OWL / SDSA", blocks)
+    return Section("Per-block sparsity: uniform / OWL / SDSA / ATP", blocks)
 
 
 def final_section(view: RunView, figures: set[str]) -> Optional[Section]:
@@ -140,9 +142,12 @@ def final_section(view: RunView, figures: set[str]) -> Optional[Section]:
     rows = [[name, fmt(ppl)] for name, ppl in sorted(view.final_perplexities().items(), key=lambda kv: kv[1])]
     if not rows and not final:
         return None
-    blocks: list = [Table(["configuration (test split)", "perplexity"], rows)] if rows else []
+    table = finale_table(final.get("table"))
+    blocks: list = [table] if table else [Table(["configuration (test split)", "perplexity"], rows)] if rows else []
     if final.get("test_protocol"):
         blocks.append(Para(f"Test protocol: {final['test_protocol']}."))
+    if isinstance(final.get("test_policy"), str):
+        blocks.append(Para(final["test_policy"]))
     validation = [[name, fmt(ppl)] for name, ppl in (final.get("validation") or {}).items()
                   if isinstance(ppl, (int, float))]
     winner, wanda = final.get("winner") or {}, final.get("wanda") or {}
@@ -159,6 +164,34 @@ def final_section(view: RunView, figures: set[str]) -> Optional[Section]:
     if final.get("export"):
         blocks.append(Para(f"Pruned model exported to `{final['export']}`."))
     return Section("Final perplexity", blocks)
+
+
+def finale_rows(rows: Any) -> list[dict]:
+    """The finale's reported rows that have the expected shape (a run folder is input: others are dropped)."""
+    if not isinstance(rows, list):
+        return []
+    return [r for r in rows if isinstance(r, dict) and all(isinstance(r.get(k), str)
+                                                           for k in ("variant", "refit", "allocation"))
+            and isinstance(r.get("test_ppl"), (int, float)) and not isinstance(r.get("test_ppl"), bool)]
+
+
+def ratio(value: float, reference: Optional[float]) -> str:
+    return "–" if not reference or reference <= 0 else f"{value / reference:.3f}×"
+
+
+def finale_table(rows: Any) -> Optional[Table]:
+    """variant | refit | allocation | test ppl | vs SparseGPT | vs ALPS (the same test windows)."""
+    rows = finale_rows(rows)
+    if not rows:
+        return None
+    reference = {r["variant"]: float(r["test_ppl"]) for r in rows if r["variant"] in ("sparsegpt", "alps")}
+    cells = []
+    for r in rows:
+        marks = [m for m in ("exported", "cached") if r.get(m) is True]
+        ppl = float(r["test_ppl"])
+        cells.append([r["variant"] + (f" ({', '.join(marks)})" if marks else ""), r["refit"], r["allocation"],
+                      fmt(ppl), ratio(ppl, reference.get("sparsegpt")), ratio(ppl, reference.get("alps"))])
+    return Table(["variant", "refit", "allocation", "test ppl", "vs SparseGPT", "vs ALPS"], cells)
 
 
 def zeroshot_blocks(zeroshot: Any) -> list:

@@ -1,4 +1,4 @@
-"""The insight graph (hypotheses, the evidence for and against them, lessons) as a textual Tree.
+"""The insight graph (measured findings, hypotheses, the evidence for and against them, lessons) as a Tree.
 
 Its words come from the LLM: every label is a `Text` of terminal-safe text (a str label
 would be read as Rich markup, and `W[/]` would crash the app)."""
@@ -30,6 +30,7 @@ def fill_insight_tree(tree: Tree, graph: Optional[dict]) -> None:
     evidence = [e for e in graph.get("evidence") or [] if isinstance(e, dict)] \
         if isinstance(graph.get("evidence"), list) else []
     lessons = graph.get("lessons", {}) if isinstance(graph.get("lessons"), dict) else {}
+    add_findings(root, graph.get("findings"))
     for name, statement in graph["hypotheses"].items():
         mine = [e for e in evidence if e.get("hypothesis") == name]
         tally = {r: sum(1 for e in mine if e.get("relation") == r) for r in RELATION_STYLE}
@@ -50,6 +51,23 @@ def fill_insight_tree(tree: Tree, graph: Optional[dict]) -> None:
             node.add_leaf(line)
         for lesson in lessons.get(name) if isinstance(lessons.get(name), list) else []:
             node.add_leaf(Text(terminal_safe(f"lesson: {lesson}"), style="cyan"))
+
+
+def add_findings(root: TreeNode, findings: Any) -> None:
+    """The measured findings (agent/evidence.py), each with its effect and interval, under one node."""
+    rows = [f for f in findings if isinstance(f, dict)] if isinstance(findings, list) else []
+    if not rows:
+        return
+    node = root.add(Text("measured (paired NLL, with - without)", style="bold"), expand=True)
+    for f in rows:
+        relation = f.get("relation")
+        line = Text(terminal_safe(f"{relation if isinstance(relation, str) else '?'}: "),
+                    style=RELATION_STYLE.get(relation, "") if isinstance(relation, str) else "")
+        line.append(terminal_safe(str(f.get("name", "?")), keep_newlines=False))
+        numbers = [f.get(k) for k in ("mean_nll_diff", "ci_low", "ci_high")]
+        if all(isinstance(v, (int, float)) for v in numbers):
+            line.append(f"  {numbers[0]:+.4f} [{numbers[1]:+.4f}, {numbers[2]:+.4f}]", style="dim")
+        node.add_leaf(line)
 
 
 def add_generic(node: TreeNode, value: Any, label: str = "") -> None:
