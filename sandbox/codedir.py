@@ -13,6 +13,7 @@ import functools
 import hashlib
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import autoprune
@@ -68,8 +69,9 @@ def staged_code_dir(cache_root: Path | None = None) -> Path:
                                                    Path.home() / ".cache" / "autoprune"))
     target = cache_root / "sandbox-code" / code_hash()
     if not (target / "autoprune" / "sandbox" / "worker.py").exists():
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # one fresh folder per caller: processes and threads staging at once never share one
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{target.name}.tmp"))
         write_trusted_code(tmp)
         try:
             os.replace(tmp, target)

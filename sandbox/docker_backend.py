@@ -22,6 +22,7 @@ from docker.types import LogConfig, Mount, Ulimit
 from autoprune.errors import SandboxError
 from autoprune.sandbox import protocol as P
 from autoprune.sandbox.gpus import device_requests
+from autoprune.sandbox.orphans import OWNER_LABEL, SANDBOX_LABEL, owner_label, reap_orphans
 from autoprune.sandbox.transport import RawRun, read_supervisor_stream
 
 if TYPE_CHECKING:
@@ -32,11 +33,19 @@ SANDBOX_USER = "65534:65534"   # nobody:nogroup, numeric so no passwd lookup is 
 BUILD_HINT = "run autoprune-agent sandbox build"
 
 
+_reaped = False
+
+
 def docker_client() -> docker.DockerClient:
-    """A client for the local engine, or SandboxError with one actionable line."""
+    """A client for the local engine, or SandboxError with one actionable line. The first
+    client of a process removes the containers that killed runs on this host left behind."""
+    global _reaped
     try:
         client = docker.from_env(timeout=60)
         client.ping()
+        if not _reaped:
+            _reaped = True
+            reap_orphans(client)
         return client
     except DockerException as exc:
         reason = str(exc).splitlines()[0][:160]
@@ -76,7 +85,7 @@ def container_config(image: str, limits: SandboxLimits, cap: int, *, bundle: Pat
         log_config=LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
         ulimits=[Ulimit(name="nofile", soft=256, hard=256), Ulimit(name="core", soft=0, hard=0)],
         device_requests=device_requests(limits.gpus),
-        labels={"autoprune.sandbox": "candidate"},
+        labels={SANDBOX_LABEL: "candidate", OWNER_LABEL: owner_label()},
         stdin_open=False, tty=False, detach=True,
     )
 

@@ -43,11 +43,12 @@ def _resource_verdict(run: RawRun, limits: SandboxLimits, cap: int) -> Optional[
     report = run.report
     if run.timed_out:
         return "timeout", (f"the candidate ran past the {limits.timeout_s:g} s wall-clock limit and "
-                           "was killed; use vectorised torch operations, no Python loops over weights")
+                           "was killed; vectorise the work (torch operations over whole rows, columns or blocks; a loop "
+                           "may step over columns or iterations, never over single weights)")
     oom_signal = report is not None and report.returncode in _KILLED and report.oom_kills > 0
     if run.killed_oom or oom_signal:
         return "out-of-memory", (f"the candidate exceeded the {limits.memory_bytes >> 20} MiB memory "
-                                 "limit and was killed; avoid (in×in) or larger temporaries")
+                                 "limit and was killed; avoid temporaries much larger than the layer's weight and XᵀX")
     if run.output_overflow:
         return "too-much-output", f"the candidate's output exceeds the {cap} byte cap"
     if report is not None and report.stdout_overflow:

@@ -145,3 +145,10 @@ def test_a_run_killed_with_a_candidate_in_flight_resumes_and_loses_nothing(tmp_p
     assert max(paid.values()) == 1 and len(server.served) == len(paid) and not server.errors, paid
     journal = [json.loads(line) for line in (run_dir / "llm_journal.jsonl").read_text().splitlines() if line]
     assert len(journal) == len({j["key"] for j in journal}) == len(paid)
+    if agent_backend() == "docker":     # the killed legs' warm containers were reaped by the next leg
+        import docker
+
+        from autoprune.sandbox.orphans import orphaned
+
+        left = orphaned(docker.from_env())
+        assert left == [], [c.labels for c in left]
