@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import signal
@@ -65,6 +66,7 @@ class ServerLaunch:
     ready_path: str
     model: str
     env: dict = field(default_factory=dict)     # on top of server_env()
+    probe: bool = False                          # answer one real chat request before it counts as started
 
 
 def free_port() -> int:
@@ -164,6 +166,28 @@ def wait_until_ready(proc: subprocess.Popen, port: int, timeout: float, log_path
                    + (f"; see {log_path}" if log_path else ""))
 
 
+PROBE_MESSAGES = [{"role": "system", "content": "You write short answers."},
+                  {"role": "user", "content": "Name one way to prune a neural network."}]
+
+
+def probe_chat(proc: subprocess.Popen, port: int, model: str, timeout: float, log_path: Optional[Path]) -> None:
+    """One multi-token chat completion (max 1 new token): a build that answers /v1/models but crashes
+    on its first batched decode (seen: a llama.cpp wheel built with AMX on a VM) fails here, at start-up."""
+    body = json.dumps({"model": model, "messages": PROBE_MESSAGES, "max_tokens": 1}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    where = f"; see {log_path}" if log_path else ""
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            answer = json.loads(resp.read())
+        if not answer.get("choices"):
+            raise LLMError(f"the embedded LLM server answered its first chat request without choices{where}")
+    except (urllib.error.URLError, ConnectionError, OSError, ValueError) as exc:
+        died = proc.poll()
+        state = f"exited with code {died}" if died is not None else f"failed ({str(exc)[:120]})"
+        raise LLMError(f"the embedded LLM server {state} on its first chat request{where}") from None
+
+
 def stop_process_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
     """SIGTERM the server's group, wait, then SIGKILL what is left."""
     if proc.poll() is not None:
@@ -193,6 +217,8 @@ def launched(launch: ServerLaunch, port: int, startup_timeout: float,
             raise LLMError(f"cannot start the embedded LLM server ({launch.backend}): {exc}") from exc
         try:
             wait_until_ready(proc, port, startup_timeout, log_path, launch.ready_path)
+            if launch.probe:
+                probe_chat(proc, port, launch.model, startup_timeout, log_path)
             yield EmbeddedServer(f"http://127.0.0.1:{port}/v1", launch.model, proc.pid, log_path, launch.backend)
         finally:
             stop_process_group(proc)
@@ -220,7 +246,7 @@ def llama_cpp_launch(gguf: Optional[Path], port: int) -> ServerLaunch:
         raise LLMError(f"cannot serve {gguf}: no such GGUF file")
     # With more than one thread, idle OpenMP threads sleep instead of spinning (a user's setting wins).
     env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-    return ServerLaunch("llama.cpp", llama_cpp_command(gguf, port), "/v1/models", LLAMA_CPP_ALIAS, env)
+    return ServerLaunch("llama.cpp", llama_cpp_command(gguf, port), "/v1/models", LLAMA_CPP_ALIAS, env, probe=True)
 
 
 @contextlib.contextmanager

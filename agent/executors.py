@@ -100,9 +100,12 @@ class WorkerSpec:
                    calibration_samples=config.calibration_samples, run_dir=str(Path(bundle_dir).resolve().parent))
 
     def model_device(self) -> str:
-        """The host's device, on this worker's own GPU when it has one."""
+        """The host's device, on this worker's own GPU when it has one. `gpu` is the node's id (what
+        Docker's DeviceRequest names); torch counts only the visible devices, so under
+        CUDA_VISIBLE_DEVICES (set by Ray for an actor given a GPU) it is the id's place in that list."""
         if self.device.startswith("cuda") and self.gpu is not None and self.gpu.isdigit():
-            return f"cuda:{self.gpu}"
+            visible = [part.strip() for part in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if part.strip()]
+            return f"cuda:{visible.index(self.gpu) if self.gpu in visible else self.gpu}"
         return self.device
 
 
@@ -373,13 +376,25 @@ class LocalPoolExecutor:
 
 
 class SpecWorker:
-    """A Ray actor: an EvaluationWorker built from the spec in the actor's own process."""
+    """A Ray actor: an EvaluationWorker built from the spec in the actor's own process. An actor given
+    GPUs works on the ones Ray assigned it on its node (`ray.get_gpu_ids()`): they become its `gpu`,
+    so its sandbox container's DeviceRequest and its model's device name exactly them."""
 
     def __init__(self, spec: WorkerSpec):
+        import ray
+
+        assigned = [str(i) for i in ray.get_gpu_ids()]
+        if assigned:
+            spec = replace(spec, gpu=",".join(assigned))
+        self.node = ray.get_runtime_context().get_node_id()
         self.worker = EvaluationWorker.from_spec(spec)
 
     def evaluate(self, task: EvaluationTask) -> EvaluationResult:
         return self.worker.evaluate(task)
+
+    def slot(self) -> tuple[str, Any]:
+        """(this actor's node id, the sandbox limits it hands to every candidate's container)."""
+        return self.node, self.worker.runner.limits
 
 
 class RayExecutor:
@@ -396,17 +411,35 @@ class RayExecutor:
             # A loopback head keeps every connection on loopback (the driver too).
             local = {"_node_ip_address": "127.0.0.1"} if address.startswith(("127.", "localhost")) else {}
             ray.init(address=address, log_to_driver=False, include_dashboard=False, **local)
-        actor = ray.remote(num_cpus=1, num_gpus=gpus_per_worker)(SpecWorker)
         self.ray, self.workers = ray, workers
+        check_cluster_fits(ray.cluster_resources(), workers, gpus_per_worker, address)
+        actor = ray.remote(num_cpus=1, num_gpus=gpus_per_worker)(SpecWorker)
         self.actors = [actor.remote(s) for s in slot_specs(spec, workers, None)]
 
     def map(self, tasks: Sequence[EvaluationTask]) -> list[EvaluationResult]:
+        """A batch's results in task order. An actor that died (its node left the cluster, or its process
+        was killed) is not restarted: the batch stops the run with one message, and --resume goes on."""
         futures = [self.actors[i % self.workers].evaluate.remote(t) for i, t in enumerate(tasks)]
-        return self.ray.get(futures)
+        try:
+            return self.ray.get(futures)
+        except self.ray.exceptions.RayActorError as exc:
+            raise AutopruneError("a Ray worker died (its node left the cluster or its process was killed); "
+                                 "restart the node or lower --workers, then continue with --resume RUN_DIR: "
+                                 f"{str(exc).splitlines()[0][:300]}") from exc
 
     def close(self) -> None:
         for actor in self.actors:
             self.ray.kill(actor)
+
+
+def check_cluster_fits(resources: dict, workers: int, gpus_per_worker: float, address: str) -> None:
+    """Each actor holds 1 CPU (and `gpus_per_worker` GPUs) for the whole run, so more workers than the
+    cluster has would wait forever for the rest: refuse with one message instead (no autoscaling)."""
+    for name, each in (("CPU", 1.0), ("GPU", gpus_per_worker)):
+        have = resources.get(name, 0.0)
+        if each and workers * each > have:
+            raise BadInputError(f"--workers {workers} needs {workers * each:g} {name}s, the Ray cluster at "
+                                f"{address} has {have:g}: lower --workers or add nodes (ray start --address=...)")
 
 
 def make_executor(kind: str, spec: WorkerSpec, *, workers: int = 1, ray_address: Optional[str] = None,
@@ -418,5 +451,6 @@ def make_executor(kind: str, spec: WorkerSpec, *, workers: int = 1, ray_address:
     if kind == "ray":
         if not ray_address:
             raise BadInputError("--executor ray needs --ray-address (e.g. 127.0.0.1:6379 or 'auto')")
-        return RayExecutor(spec, workers, ray_address, gpus_per_worker=1.0 if gpus else 0.0)
+        on_gpus = bool(gpus) or (spec.limits is not None and getattr(spec.limits, "gpus", None) is not None)
+        return RayExecutor(spec, workers, ray_address, gpus_per_worker=1.0 if on_gpus else 0.0)
     raise BadInputError(f"unknown executor {kind!r} (serial, local, ray)")

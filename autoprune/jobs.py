@@ -14,16 +14,17 @@ from pathlib import Path
 from typing import Optional
 
 from autoprune.data import calibration_windows, load_corpus, test_windows
-from autoprune.errors import BadInputError, SandboxError
+from autoprune.errors import BadInputError, ModelLoadError, SandboxError
 from autoprune.evaluators.baseline_cache import baseline_key
 from autoprune.evaluators.baselines import BaselineEvaluator
-from autoprune.models import LoadedModel, cache_root, load_model
+from autoprune.models import EMBEDDED, EMBEDDED_NAME, LoadedModel, cache_root, first_line, load_model, torch_dtype
 from autoprune.pruning.calibration import collect_activation_stats, target_linears
 from autoprune.pruning.config import EvalConfig, PruneConfig
 from autoprune.pruning.export import export_pruned_model, read_summary
 from autoprune.pruning.loop import check_pattern_fits_model, plan_block_sparsity, prune_model
 from autoprune.pruning.choices import builtin_method
 from autoprune.pruning.methods import PrecomputedMasks
+from autoprune.pruning.offload_check import check_offload
 
 
 def evaluate_perplexity(model, windows, progress: bool) -> float:
@@ -69,16 +70,32 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def job_windows(config: PruneConfig, tokenizer, corpus):
+    """(calibration, test) windows of a prune job."""
+    calibration = calibration_windows(tokenizer, corpus, nsamples=config.nsamples, seqlen=config.seqlen,
+                                      seed=config.seed)
+    return calibration, test_windows(tokenizer, corpus, nwindows=config.eval_windows, seqlen=config.seqlen)
+
+
+def job_summary(result, name: str, source: str, calibration, test, seqlen: int, perplexities: dict,
+                cached: dict) -> dict:
+    return {**result.summary(), "model": name, "model_source": source,
+            "protocol": {"calibration": calibration.description, "test": test.description,
+                         "seqlen": seqlen, "test_windows": len(test)},
+            "perplexity": perplexities, "perplexity_cached": cached}
+
+
 def run_prune_job(config: PruneConfig) -> dict:
     """Prune with `config`; returns perplexities, per-layer sparsity, timings and protocol."""
+    check_offload(config)
+    if config.offload:
+        return run_offloaded_prune_job(config)
     started = time.perf_counter()
     quiet_transformers()
     loaded = load_model(config.model, dtype=config.dtype)
     check_pattern_fits_model(loaded.model, config.sparsity_pattern)
     corpus = load_corpus(config.data, model=loaded.model, tokenizer=loaded.tokenizer, seed=config.seed)
-    calibration = calibration_windows(loaded.tokenizer, corpus, nsamples=config.nsamples,
-                                      seqlen=config.seqlen, seed=config.seed)
-    test = test_windows(loaded.tokenizer, corpus, nwindows=config.eval_windows, seqlen=config.seqlen)
+    calibration, test = job_windows(config, loaded.tokenizer, corpus)
     baselines = BaselineEvaluator(loaded.model, calibration, test, progress=config.progress)
     cached = {}
     dense_ppl = None
@@ -93,14 +110,79 @@ def run_prune_job(config: PruneConfig) -> dict:
                          reconstruct=config.reconstruct, allocation_hyper=config.allocation_hyper,
                          progress=config.progress, cache_dir=stats_cache_dir(config))
     pruned_ppl, cached["pruned"] = pruned_perplexity(config, result, model_info, baselines)
-    summary = {**result.summary(), "model": loaded.name, "model_source": loaded.source,
-               "protocol": {"calibration": calibration.description, "test": test.description,
-                            "seqlen": config.seqlen, "test_windows": len(test)},
-               "perplexity": {"dense": dense_ppl, "pruned": pruned_ppl}, "perplexity_cached": cached}
+    summary = job_summary(result, loaded.name, loaded.source, calibration, test, config.seqlen,
+                          {"dense": dense_ppl, "pruned": pruned_ppl}, cached)
     if config.out:
         summary["exported_to"] = str(export_pruned_model(loaded.model, loaded.tokenizer, config.out, summary))
     summary["wall_s"] = time.perf_counter() - started
     return summary
+
+
+def run_offloaded_prune_job(config: PruneConfig) -> dict:
+    """`run_prune_job` with the decoder blocks left in the model folder (autoprune.pruning.onload):
+    dense perplexity, calibration + pruning, pruned perplexity and the export each materialise one
+    block at a time. The pruned blocks wait in a work folder, removed at the end: inside --out when
+    given (the export's disk), else under the cache root (a model's size; /tmp may be a tmpfs)."""
+    from autoprune.pruning.export import export_offloaded_model
+    from autoprune.pruning.onload import offload_folder, open_offloaded
+
+    started = time.perf_counter()
+    quiet_transformers()
+    method = builtin_method(config.method)
+    check_offload(config, method)
+    folder = offload_folder(config.model)
+    tokenizer = load_tokenizer(folder)
+    out = Path(config.out).expanduser() if config.out else None
+    work_parent = out if out is not None else cache_root() / "offload"
+    work_parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".autoprune-offload-", dir=work_parent) as work:
+        _, onloader = open_offloaded(folder, work, dtype=config.dtype)
+        summary = offloaded_prune(config, method, onloader, tokenizer, folder)
+        if out is not None:
+            summary["exported_to"] = str(export_offloaded_model(onloader, tokenizer, out, summary))
+            summary["offload"]["stages"]["export"] = onloader.take_peaks()
+    summary["wall_s"] = time.perf_counter() - started
+    return summary
+
+
+def offloaded_prune(config: PruneConfig, method, onloader, tokenizer, folder: Path) -> dict:
+    """Dense perplexity (while the blocks still come from the folder), calibration + pruning and pruned
+    perplexity of an offloaded model; `offload.stages` has each stage's most blocks / block bytes in
+    memory at once."""
+    from autoprune.evaluators.perplexity import perplexity
+
+    model = onloader.model
+    check_pattern_fits_model(model, config.sparsity_pattern)
+    corpus = load_corpus(config.data, tokenizer=tokenizer, seed=config.seed)    # no model: never 'self'
+    calibration, test = job_windows(config, tokenizer, corpus)
+    onloader.take_peaks()
+    stages, dense_ppl = {}, None
+    if config.eval_dense:
+        dense_ppl = perplexity(model, test, onloader=onloader, show_progress=config.progress)
+        stages["dense_perplexity"] = onloader.take_peaks()
+    result = prune_model(model, calibration, method=method, sparsity=config.sparsity,
+                         pattern=config.sparsity_pattern, allocation=config.allocation, mode=config.mode,
+                         reconstruct=config.reconstruct, allocation_hyper=config.allocation_hyper,
+                         progress=config.progress, onloader=onloader)
+    stages["calibration_pruning"] = onloader.take_peaks()
+    pruned_ppl = perplexity(model, test, onloader=onloader, show_progress=config.progress)
+    stages["perplexity"] = onloader.take_peaks()
+    name = EMBEDDED_NAME if config.model in (None, "", EMBEDDED) else folder.name
+    summary = job_summary(result, name, str(folder), calibration, test, config.seqlen,
+                          {"dense": dense_ppl, "pruned": pruned_ppl}, {"dense": False, "pruned": False})
+    summary["offload"] = {"layers": len(onloader), "skeleton_bytes": onloader.skeleton_bytes(), "stages": stages}
+    return summary
+
+
+def load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    from autoprune.models import first_line
+
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not load the tokenizer in {folder}: {first_line(exc)}") from exc
 
 
 def pruned_perplexity(config: PruneConfig, result, model_info: Optional[dict], baselines) -> tuple[float, bool]:
@@ -117,10 +199,28 @@ def pruned_perplexity(config: PruneConfig, result, model_info: Optional[dict], b
     return baselines.cache.perplexity(key, measure)
 
 
+def evaluated_model(config: EvalConfig) -> LoadedModel:
+    """The model `eval` measures: a compressed-tensors sparse checkpoint (`prune --export-format
+    compressed-tensors`) is decompressed by our reader, anything else loads as usual."""
+    from autoprune.pruning.compressed_export import is_compressed_checkpoint, load_compressed_model
+
+    if not config.model or not is_compressed_checkpoint(config.model):
+        return load_model(config.model, dtype=config.dtype)
+    from transformers import AutoTokenizer
+
+    folder = Path(config.model).expanduser()
+    model = load_compressed_model(folder, dtype=torch_dtype(config.dtype))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{folder}: no usable tokenizer ({first_line(exc)})") from None
+    return LoadedModel(model=model, tokenizer=tokenizer, name=folder.name, source=str(folder))
+
+
 def run_eval_job(config: EvalConfig) -> dict:
     """Test perplexity (task `wikitext2`) and zero-shot accuracy (lm-eval tasks) of a saved model."""
     quiet_transformers()
-    loaded = load_model(config.model, dtype=config.dtype)
+    loaded = evaluated_model(config)
     result = {"model": loaded.name, "model_source": loaded.source, "perplexity": None, "protocol": {},
               "sparsity": measured_sparsity(loaded.model), "pruning_summary": prune_summary_of(config.model)}
     plugins = plugin_evaluator_tasks(config.tasks)

@@ -170,6 +170,7 @@ def main() -> None:
     p.add_argument("--folder", help=argparse.SUPPRESS)
     p.add_argument("--note", action="append", default=[], help="a note for the Markdown report")
     p.add_argument("--from-rows", nargs="+", help="write the report from rows printed by earlier runs (JSON lines)")
+    p.add_argument("--report", default=NAME, help="results file name (a smoke run should not overwrite the report)")
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(args)))
@@ -181,8 +182,8 @@ def main() -> None:
                                                        "nsamples", "seqlen", "test_windows")},
                "rows": rows, "notes": args.note}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{NAME}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / f"{NAME}.md").write_text(markdown(results) + "\n")
+    (RESULTS / f"{args.report}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / f"{args.report}.md").write_text(markdown(results) + "\n")
 
 
 if __name__ == "__main__":

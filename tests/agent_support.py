@@ -27,6 +27,9 @@ from llm_server_support import SCRIPTED_SERVERS, FaultyLLMServer, node_of
 
 GOOD_EXPRESSION = "```python\nW.abs() * X.max_abs\n```"
 CRASHING_EXPRESSION = "```python\nW.abs() * X.norm[:3]\n```"      # passes the gate, fails to broadcast
+# tiny_services overrides for a test about the search, not the finale: the finale still runs, at uniform, with
+# no baselines and no refit (the whole finale: tests/test_finale_refit.py, test_agent_graph's finished run).
+LEAN_FINALE = {"final_baselines": [], "final_allocations": ["uniform"], "reconstruct": "none"}
 
 
 class ScriptedLLM(LLMClient):

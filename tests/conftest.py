@@ -77,12 +77,17 @@ def tiny_llama_config():
                        num_key_value_heads=2, vocab_size=256, max_position_embeddings=256)
 
 
-@pytest.fixture
-def tiny_llama():
+def tiny_llama_model():
+    """The tiny random Llama (seed 0, eval mode): the `tiny_llama` fixture, for module-scoped set-ups too."""
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
     return LlamaForCausalLM(tiny_llama_config()).eval()
+
+
+@pytest.fixture
+def tiny_llama():
+    return tiny_llama_model()
 
 
 @pytest.fixture

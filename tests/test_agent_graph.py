@@ -1,8 +1,9 @@
-"""The LangGraph agent on a tiny Llama with the real process sandbox, fitness, prompts and checkpointer.
+"""The LangGraph agent on a tiny Llama with the real sandbox (Docker where an engine answers, see
+agent_support.agent_backend), fitness, prompts and checkpointer.
 
-Only the LLM is scripted. One module-scoped run feeds several assertions; a
-second run is interrupted inside the sandbox and resumed from the SQLite
-checkpoint.
+Only the LLM is scripted. One module-scoped run, whole finale included, feeds several assertions (the Docker
+sandbox's among them where it ran in Docker); a second run is interrupted inside the sandbox and resumed from
+the SQLite checkpoint. Tests about the search run the finale lean (agent_support.LEAN_FINALE).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import json
 import os
 import signal
 import sqlite3
-import threading
 import time
 from collections import Counter
 
@@ -25,16 +25,8 @@ from autoprune.agent.nodes.write_code import write_code
 from autoprune.agent.state import initial_state
 from autoprune.runlog.trace_file import read_trace
 
-from agent_support import GOOD_EXPRESSION, ScriptedLLM, default_replies, tiny_services
-
-
-def tiny_llama_model():
-    from transformers import LlamaForCausalLM
-
-    from conftest import tiny_llama_config
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(tiny_llama_config()).eval()
+from agent_support import GOOD_EXPRESSION, LEAN_FINALE, ScriptedLLM, agent_backend, default_replies, tiny_services
+from conftest import tiny_llama_model
 
 
 def start(services, run_id="t"):
@@ -42,13 +34,17 @@ def start(services, run_id="t"):
     return initial_state(run_id, seed_ids, records)
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("agent-run")
+def budget_2_run(run_dir, backend=None):
+    """The default script with a budget of 2 (a crash, its repair), the whole finale: (state, services, llm)."""
     llm = ScriptedLLM(default_replies())
-    services = tiny_services(tiny_llama_model(), run_dir, llm, budget=2)
+    services = tiny_services(tiny_llama_model(), run_dir, llm, budget=2, backend=backend)
     state = build_graph(services).invoke(start(services), {"recursion_limit": 500})
     return state, services, llm
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    return budget_2_run(tmp_path_factory.mktemp("agent-run"))
 
 
 def test_search_spends_exactly_the_budget_and_repairs_with_the_exact_error(finished_run):
@@ -103,28 +99,23 @@ def test_trace_records_every_candidate_once(finished_run):
     assert events[-1]["type"] == "node_left" and events[-1]["node"] == "finalize"
 
 
-def interrupt_when_sandboxing(run_dir, cid: str, timeout: float = 300.0) -> threading.Thread:
-    """Ctrl-C for real: SIGINT to this process as soon as the trace shows `cid` entering verify (its
-    sandbox run in flight), wherever the run is then."""
-    def sandboxing() -> bool:
-        path = run_dir / "trace.jsonl"
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
+def interrupt_when_sandboxing(services, run_dir, cid: str) -> None:
+    """Ctrl-C for real: SIGINT to this process as the sandbox starts on `cid` (its run in flight). The
+    check sits in the sandbox call itself, so the interrupt cannot come too late on a fast sandbox."""
+    real_run = services.sandbox.run
+
+    def latest_candidate() -> str | None:
+        lines = (run_dir / "trace.jsonl").read_text(encoding="utf-8", errors="replace").splitlines()
         events = [json.loads(line) for line in lines if line.endswith("}")]
-        written = next((e["seq"] for e in events if e["type"] == "candidate" and e["id"] == cid), None)
-        return written is not None and any(e["type"] == "node_entered" and e["node"] == "verify"
-                                           and e["seq"] > written for e in events)
+        return next((e["id"] for e in reversed(events) if e["type"] == "candidate"), None)
 
-    def watch() -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if sandboxing():
-                os.kill(os.getpid(), signal.SIGINT)
-                return
-            time.sleep(0.005)
+    def run_then_interrupt(source, **kwargs):
+        if latest_candidate() == cid:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(30)                   # the interrupt lands while the candidate is in the sandbox
+        return real_run(source, **kwargs)
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    return watcher
+    services.sandbox.run = run_then_interrupt
 
 
 def test_interrupted_run_resumes_from_the_checkpoint(tmp_path):
@@ -132,14 +123,14 @@ def test_interrupted_run_resumes_from_the_checkpoint(tmp_path):
 
     model, thread = tiny_llama_model(), {"configurable": {"thread_id": "r"}, "recursion_limit": 500}
     llm = ScriptedLLM(default_replies())
-    services = tiny_services(model, tmp_path, llm, budget=2)
-    interrupt_when_sandboxing(tmp_path, "g001-a1")                      # the 2nd LLM candidate, in flight
+    services = tiny_services(model, tmp_path, llm, budget=2, **LEAN_FINALE)
+    interrupt_when_sandboxing(services, tmp_path, "g001-a1")            # the 2nd LLM candidate, in flight
     with sqlite3.connect(tmp_path / "checkpoints.sqlite", check_same_thread=False) as conn:
         with pytest.raises(KeyboardInterrupt):
             build_graph(services, SqliteSaver(conn)).invoke(start(services, "r"), thread)
     assert not [e for e in read_trace(tmp_path).events if e["type"] == "verdict" and e["id"] == "g001-a1"]
     calls_before = len(llm.requests)
-    resumed = tiny_services(model, tmp_path, llm, budget=2)             # a fresh process: new services
+    resumed = tiny_services(model, tmp_path, llm, budget=2, **LEAN_FINALE)   # a fresh process: new services
     with sqlite3.connect(tmp_path / "checkpoints.sqlite", check_same_thread=False) as conn:
         state = build_graph(resumed, SqliteSaver(conn)).invoke(None, thread)
     assert state["budget_used"] == 2 and state["final"] is not None
@@ -176,18 +167,27 @@ def test_verify_alone_stores_verified_masks_for_a_seed(tmp_path, tiny_llama):
     assert update["queue"] == ["seed-ria", "seed-magnitude"]
 
 
-@pytest.mark.docker
-def test_graph_runs_with_the_docker_sandbox(tmp_path):
+@pytest.fixture(scope="module")
+def docker_run(request, tmp_path_factory):
+    """The finished run where it ran in Docker (the agent tests' sandbox wherever an engine answers), else the
+    same run again with the Docker sandbox."""
     from sandbox_support import require_docker_image
 
     require_docker_image()
-    llm = ScriptedLLM({**default_replies(), "write_code": [default_replies()["write_code"][1]]})
-    services = tiny_services(tiny_llama_model(), tmp_path, llm, budget=1, backend="docker")
-    state = build_graph(services).invoke(start(services), {"recursion_limit": 500})
-    assert state["verdicts"] == {"ok": 4} and state["budget_used"] == 1
+    if agent_backend() == "docker":
+        return request.getfixturevalue("finished_run")
+    return budget_2_run(tmp_path_factory.mktemp("docker-run"), backend="docker")
+
+
+@pytest.mark.docker
+def test_graph_runs_with_the_docker_sandbox(docker_run):
+    state, services, _ = docker_run
+    assert services.config.sandbox == services.sandbox.backend == "docker"
+    assert state["verdicts"] == {"ok": 4, "crashed": 1} and state["budget_used"] == 2
+    assert "score() raised" in state["candidates"]["g001-a0"]["message"]      # the crash, reported from the container
     assert state["final"]["test"]["uniform"] > 1
-    verdicts = [e for e in read_trace(tmp_path).events if e["type"] == "verdict"]
-    assert {e["id"] for e in verdicts} == {"seed-wanda", "seed-ria", "seed-magnitude", "g001-a0"}
+    verdicts = [e for e in read_trace(services.run_dir).events if e["type"] == "verdict"]
+    assert {e["id"] for e in verdicts} == {"seed-wanda", "seed-ria", "seed-magnitude", "g001-a0", "g001-a1"}
 
 
 def test_finale_obs_reconstruction_scores_the_winner_and_restores_dense_weights(finished_run):
@@ -224,7 +224,7 @@ def test_duplicates_cost_no_fitness_and_go_back_to_the_llm(tmp_path):
     replies = {**default_replies(), "write_code": [same_masks_as_wanda, ranks_like_wanda, GOOD_EXPRESSION,
                                                    GOOD_EXPRESSION, "```python\nW.abs().sqrt() * X.norm\n```"]}
     llm = ScriptedLLM(replies)
-    services = tiny_services(tiny_llama_model(), tmp_path, llm, budget=4, mutate_repeats=False)
+    services = tiny_services(tiny_llama_model(), tmp_path, llm, budget=4, mutate_repeats=False, **LEAN_FINALE)
     state = build_graph(services).invoke(start(services), {"recursion_limit": 500})
     twin, near = state["candidates"]["g001-a0"], state["candidates"]["g001-a1"]
     assert twin["status"] == "duplicate" and WANDA_ID in twin["message"] and twin.get("fitness") is None
@@ -255,7 +255,7 @@ def test_a_repeated_expression_is_mutated_by_trusted_code_and_evaluated(tmp_path
     and the budget like any candidate, instead of costing another LLM call."""
     replies = {**default_replies(), "write_code": [GOOD_EXPRESSION]}      # every reply the same
     llm = ScriptedLLM(replies)
-    services = tiny_services(tiny_llama_model(), tmp_path, llm, budget=3)
+    services = tiny_services(tiny_llama_model(), tmp_path, llm, budget=3, **LEAN_FINALE)
     state = build_graph(services).invoke(start(services), {"recursion_limit": 500})
     searched = [r for r in state["candidates"].values() if r["generation"] > 0]
     first = next(r for r in searched if r["origin"] == "llm")

@@ -20,14 +20,18 @@ import pytest
 
 from autoprune.runlog.trace_file import read_trace
 
+from rates_support import small_wikitext  # noqa: F401 - a fixture: tokenizing all of WikiText-2 costs every leg
+
 pytestmark = pytest.mark.slow
-# Small enough for CI (the embedded models are the subject, not the protocol): 128-token windows, two
-# test windows, a budget of 2 (the kill lands on the first LLM candidate, the resume does the rest).
+# Small enough for CI (the embedded models are the subject, not the protocol): 128-token windows from the first
+# lines of WikiText-2, two test windows, a budget of 1 (the kill lands on the first LLM candidate, the resumed
+# run with a new embedded server finishes it, reflects and runs the finale; a second generation would only
+# repeat the search on the embedded LLM: several kills and candidates are tests/test_fault_kill_resume.py's).
 SMALL = ["--nsamples", "4", "--seqlen", "128", "--fitness-levels", "2,4", "--test-windows", "2",
          "--llm-max-tokens", "64",
          # the refits and the SparseGPT / ALPS baselines have their own tests on tiny models (test_finale_refit)
          "--search-refit", "none", "--reconstruct", "obs", "--final-baselines", "wanda"]
-BUDGET = 2
+BUDGET = 1
 
 
 # One thread per process: on a shared, busy CPU two OpenMP threads per process run ~5x slower.
@@ -70,9 +74,9 @@ def server_alive(run_dir: Path) -> bool:
 
 
 @pytest.mark.timeout(3600)      # the embedded LLM on a busy CPU: minutes per generation
-def test_killed_run_resumes_and_finishes_without_lost_or_duplicated_candidates(tmp_path, wikitext_dir):
+def test_killed_run_resumes_and_finishes_without_lost_or_duplicated_candidates(tmp_path, small_wikitext):  # noqa: F811
     run_dir = tmp_path / "run"
-    args = ["run", "--budget", str(BUDGET), "--sandbox", "process", "--data", str(wikitext_dir), *SMALL,
+    args = ["run", "--budget", str(BUDGET), "--sandbox", "process", "--data", str(small_wikitext), *SMALL,
             "--out", str(run_dir), "--json"]
     with (tmp_path / "killed-run.log").open("wb") as log:   # a pipe nobody reads could block the run
         proc = subprocess.Popen(cli(*args), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=ENV)
@@ -106,6 +110,8 @@ def test_killed_run_resumes_and_finishes_without_lost_or_duplicated_candidates(t
     unsent = set(candidates) - {e["id"] for e in llm_verdicts}
     assert not unsent or summary["budget_used"] == BUDGET
 
+    # the embedded server really answered (a server that crashes on every request would leave only fallbacks)
+    assert any(e["type"] == "llm_response" and (e.get("text") or "").strip() for e in events)
     assert summary["best"]["id"] and summary["wanda_fitness"] > 1
     assert set(summary["test"]) >= {"dense", "uniform", "wanda"}
     report = Path(summary["report"]).read_text()

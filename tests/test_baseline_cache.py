@@ -18,24 +18,13 @@ from autoprune.evaluators.baseline_cache import (ENTRY_MAX_BYTES, BaselineCache,
                                                  model_digest, model_fields)
 from autoprune.evaluators.baselines import BaselineEvaluator, BaselineSpec
 
+from forward_counter_support import ForwardCounter
+from rates_support import small_wikitext  # noqa: F401 - a fixture: the jobs tokenize their data each time
+
 
 def windows(n: int, seed: int, seqlen: int = 32) -> WindowSet:
     generator = torch.Generator().manual_seed(seed)
     return WindowSet(torch.randint(0, 256, (n, seqlen), generator=generator), f"{n}x{seqlen} random tokens")
-
-
-class ForwardCounter:
-    """Counts the model's forward passes over rows of `test` (one per window: perplexity's batch size is 1)."""
-
-    def __init__(self, model, test: WindowSet):
-        self.rows = {tuple(row.tolist()) for row in test.ids}
-        self.count = 0
-        self.handle = model.register_forward_pre_hook(self.hook, with_kwargs=True)
-
-    def hook(self, module, args, kwargs):
-        ids = args[0] if args else kwargs.get("input_ids")
-        if ids is not None and ids.dim() == 2:
-            self.count += sum(tuple(row.tolist()) in self.rows for row in ids)
 
 
 @pytest.fixture
@@ -143,13 +132,13 @@ def test_the_default_folder_follows_the_environment(tmp_path, monkeypatch):
     assert BaselineCache().root == tmp_path / "root" / "baselines"
 
 
-def test_prune_job_serves_dense_and_a_baseline_from_the_cache_the_second_time(tiny_llama_dir, wikitext_dir, tmp_path,
-                                                                               monkeypatch):
+def test_prune_job_serves_dense_and_a_baseline_from_the_cache_the_second_time(tiny_llama_dir, small_wikitext, tmp_path,
+                                                                               monkeypatch):  # noqa: F811
     from autoprune.jobs import run_prune_job
     from autoprune.pruning.config import PruneConfig, make_config
 
     monkeypatch.setenv("AUTOPRUNE_BASELINE_CACHE_DIR", str(tmp_path / "baselines"))
-    config = make_config(PruneConfig, method="wanda", sparsity=0.5, model=str(tiny_llama_dir), data=str(wikitext_dir),
+    config = make_config(PruneConfig, method="wanda", sparsity=0.5, model=str(tiny_llama_dir), data=str(small_wikitext),
                          nsamples=2, seqlen=64, eval_windows=2, progress=False, cache_dir=str(tmp_path / "stats"))
     first, second = run_prune_job(config), run_prune_job(config)
     assert first["perplexity_cached"] == {"dense": False, "pruned": False}

@@ -14,7 +14,7 @@ import pytest
 
 from autoprune.agent.executors import EvaluationTask, EvaluationWorker, LocalPoolExecutor, WorkerSpec, make_executor
 from autoprune.data import calibration_windows, load_corpus
-from autoprune.errors import BadInputError
+from autoprune.errors import AutopruneError, BadInputError
 from autoprune.pruning.calibration import collect_activation_stats
 from autoprune.sandbox.bundle import write_scoring_bundle
 
@@ -333,3 +333,70 @@ def test_a_self_data_worker_scores_the_hosts_windows(tmp_path, tiny_llama_dir):
     spec = WorkerSpec.from_config(config, prepared.bundle.folder, prepared.fitness.levels)
     worker = EvaluationWorker.from_spec(spec)
     assert torch.equal(worker.fitness.windows.ids, prepared.fitness.windows.ids)
+
+
+@pytest.fixture
+def two_node_cluster():
+    """A real two-node Ray cluster on this machine: a head and a second node, each declaring 2 GPUs and
+    3 CPUs as logical resources (no GPU needed: Ray assigns the ids, the process sandbox ignores them)."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "num_gpus": 2, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=3, num_gpus=2)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_ray_workers_use_the_gpus_ray_assigned_them_on_each_node(small_run, serial_results, two_node_cluster):
+    """Issue 18: `--executor ray --gpus 0,1 --workers 4` on two nodes of 2 GPUs each: every actor holds
+    its own (node, GPU) slot, its sandbox container would get exactly that GPU, and the candidates'
+    verdicts and fitness are the serial executor's. More workers than GPUs (or CPUs) is one clear error,
+    and so is a batch whose actors died with their node."""
+    from docker.types import DeviceRequest
+
+    from autoprune.agent.executors import check_cluster_fits
+    from autoprune.sandbox.docker_backend import container_config
+    from autoprune.sandbox.verdict import SandboxLimits
+
+    spec = replace(small_run, limits=SandboxLimits(gpus="0,1"))       # what --gpus 0,1 puts in every spec
+    address = two_node_cluster.address
+    executor = make_executor("ray", spec, workers=4, ray_address=address, gpus=["0", "1"])
+    try:
+        slots = executor.ray.get([actor.slot.remote() for actor in executor.actors])
+        results = executor.map(tasks())
+        with pytest.raises(BadInputError, match=r"--workers 5 needs 5 GPUs, the Ray cluster at .* has 4"):
+            make_executor("ray", spec, workers=5, ray_address=address, gpus=["0", "1"])
+        (second,) = two_node_cluster.worker_nodes        # a node dies: its actors' tasks fail the batch
+        two_node_cluster.remove_node(second, allow_graceful=False)
+        with pytest.raises(AutopruneError, match="a Ray worker died .* --resume"):
+            executor.map(tasks()[:4])
+    finally:
+        executor.close()
+    nodes = {node for node, _ in slots}
+    assert len(nodes) == 2
+    assert sorted((node, limits.gpus) for node, limits in slots) == sorted((n, g) for n in nodes for g in "01")
+    for _, limits in slots:
+        config = container_config("autoprune-sandbox:latest", limits, 1 << 20, bundle=Path("/b"),
+                                  inputs=Path("/i"), code=Path("/c"))
+        assert config["device_requests"] == [DeviceRequest(device_ids=[limits.gpus], capabilities=[["gpu"]])]
+    assert comparable(results) == comparable(serial_results)
+
+    with pytest.raises(BadInputError, match=r"--workers 7 needs 7 CPUs"):
+        check_cluster_fits({"CPU": 6.0, "GPU": 4.0}, 7, 0.0, address)
+
+
+def test_a_workers_torch_device_is_its_gpus_place_among_the_visible_ones(monkeypatch):
+    """Docker names a node's GPU by its id; torch, under CUDA_VISIBLE_DEVICES (Ray sets it for an actor
+    given a GPU), by its place in that list."""
+    spec = WorkerSpec(bundle_dir="/b", device="cuda", gpu="3")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert spec.model_device() == "cuda:0"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert spec.model_device() == "cuda:1"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert spec.model_device() == "cuda:3"

@@ -179,7 +179,10 @@ def test_agent_run_killed_at_six_points_resumes_to_the_end_with_nothing_twice(tm
     endpoint = ["--llm-base-url", server.base_url, "--llm-model", "scripted", "--sandbox", "process"]
     first = ["run", "--budget", "2", "--model", str(tiny_llama_dir), "--data", str(small_wikitext),
              "--out", str(run_dir), "--nsamples", "4", "--seqlen", "64", "--fitness-levels", "2,4",
-             "--test-windows", "2", "--code-style", "expression", "--json", *endpoint]
+             "--test-windows", "2", "--code-style", "expression", "--json", *endpoint,
+             # the finale is killed and rerun like any node; its baselines and refit (near half its time here) are
+             # tests/test_finale_refit.py's
+             "--final-baselines", "none", "--reconstruct", "none"]
     hits = kill_and_resume(first, ["run", "--resume", str(run_dir), "--json", *endpoint], run_dir, AGENT_POINTS)
     assert all(hit is not None for hit in hits)
 

@@ -15,38 +15,16 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from autoprune.agent.archive import write_seeds
 from autoprune.agent.graph import build_graph
 from autoprune.agent.state import initial_state
 
 from agent_support import ScriptedLLM, default_replies, random_windows, tiny_services
+from conftest import tiny_llama_model
+from forward_counter_support import ForwardCounter
 
 TEST_WINDOWS = random_windows(3, seed=4)          # what agent_support's finale reads as its test split
-
-
-def tiny_llama_model():
-    from transformers import LlamaForCausalLM
-
-    from conftest import tiny_llama_config
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(tiny_llama_config()).eval()
-
-
-class ForwardCounter:
-    """Forward passes of the model over test windows (perplexity runs one window per forward)."""
-
-    def __init__(self, model):
-        self.rows = {tuple(row.tolist()) for row in TEST_WINDOWS.ids}
-        self.count = 0
-        self.handle = model.register_forward_pre_hook(self.hook, with_kwargs=True)
-
-    def hook(self, module, args, kwargs):
-        ids = args[0] if args else kwargs.get("input_ids")
-        if ids is not None and ids.dim() == 2:
-            self.count += sum(tuple(row.tolist()) in self.rows for row in ids)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +33,7 @@ def finished(tmp_path_factory):
     model = tiny_llama_model()
     replies = {**default_replies(), "write_code": [default_replies()["write_code"][1]]}
     services = tiny_services(model, run_dir, ScriptedLLM(replies), budget=1)
-    forwards = ForwardCounter(model)
+    forwards = ForwardCounter(model, TEST_WINDOWS)
     seed_ids, records = write_seeds(services.run_dir)
     state = build_graph(services).invoke(initial_state("f", seed_ids, records), {"recursion_limit": 500})
     return state, services, forwards.count
@@ -104,11 +82,11 @@ def test_test_split_is_read_only_for_the_reported_variants(finished):
 def test_a_second_finale_serves_dense_and_baselines_from_the_cache(finished):
     state, services, _ = finished
     finale = services.finale
-    forwards = ForwardCounter(finale.model)
+    forwards = ForwardCounter(finale.model, TEST_WINDOWS)
     try:
         again = finale.baselines(TEST_WINDOWS)          # what the next run's finale asks on the same windows
     finally:
-        forwards.handle.remove()
+        forwards.remove()
     assert forwards.count == 0 and all(b["cached"] for b in again.values())
     assert set(again) == {"dense", "wanda", "sparsegpt", "alps"}
     assert {name: b["test_ppl"] for name, b in again.items()} == {name: state["final"]["test"][name] for name in again}

@@ -126,3 +126,30 @@ def test_broken_gguf_falls_back_to_transformers_serve_which_answers_and_stops_ev
     assert pid is not None and not process_alive(pid)
     assert not port_open(port)
     assert (tmp_path / "embedded_llm_server.log").is_file()
+
+
+CRASHES_ON_FIRST_CHAT = """
+import http.server, json, os, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"data": [{"id": "m"}]}).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def do_POST(self):
+        os._exit(139 - 128)          # dies mid-request, as a segfaulting decode does
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+def test_a_server_that_answers_models_but_dies_on_its_first_chat_is_not_started(tmp_path):
+    import sys
+
+    from autoprune.agent.embedded_server import ServerLaunch, launched
+
+    port = free_port()
+    launch = ServerLaunch("llama.cpp", [sys.executable, "-c", CRASHES_ON_FIRST_CHAT, str(port)], "/v1/models",
+                          "m", probe=True)
+    with pytest.raises(LLMError, match="exited with code 11 on its first chat request"):
+        with launched(launch, port, 30.0, tmp_path / "server.log"):
+            pytest.fail("a server that cannot answer a chat request must not count as started")
+    assert not port_open(port)

@@ -18,6 +18,8 @@ import torch
 import transformers as T
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from torch_thread_support import one_thread  # noqa: F401 - a fixture
+
 from autoprune.adapters import ADAPTERS, UnsupportedArchitectureError, adapter_for
 from autoprune.adapters.discovery import discover_adapter
 from autoprune.data import WindowSet
@@ -67,15 +69,6 @@ CROSS_HEAD_NORM = {"olmo2"}                                    # q_norm / k_norm
 STRUCTURED = sorted(set(FAMILIES) - FUSED - CROSS_HEAD_NORM)
 DOCKER_FAMILIES = ("gpt_neox", "gemma2")
 WANDA_SOURCE = "import torch\n\ndef score(W, X):\n    return W.abs() * X.norm\n"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: torch's thread pool only thrashes on a shared CI machine (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def build(family: str, seed: int = 0):

@@ -27,15 +27,16 @@ EXPRESSIONS = ["W.abs() * X.max_abs", "W.abs() * X.norm.sqrt()", "W.pow(2) * X.n
 LLM_DELAY_S = 1.0        # every LLM reply takes this long: a slow model, as the embedded one is on CPU
 
 
-def search(run_dir: Path, depth: int):
-    """A budget-3 search stopped before the finale: (state, the pending nodes, trace events)."""
+def search(run_dir: Path, depth: int, delay: float):
+    """A budget-3 search stopped before the finale, each LLM reply `delay` s late: (state, the pending nodes, trace
+    events)."""
     from langgraph.checkpoint.memory import InMemorySaver
 
     from autoprune.agent.graph import build_graph
     from test_agent_graph import tiny_llama_model
 
     llm = ScriptedLLM({**default_replies(), "write_code": [f"```python\n{e}\n```" for e in EXPRESSIONS]})
-    llm.server.script = [Fault("ok", delay=LLM_DELAY_S)]
+    llm.server.script = [Fault("ok", delay=delay)]
     services = tiny_services(tiny_llama_model(), run_dir, llm, budget=3, pipeline_depth=depth)
     seed_ids, records = write_seeds(services.run_dir)
     graph = build_graph(services, checkpointer=InMemorySaver())
@@ -49,7 +50,9 @@ def search(run_dir: Path, depth: int):
 @pytest.fixture(scope="module")
 def both_depths(tmp_path_factory):
     agent_backend()                  # the real sandbox: Docker where an engine answers
-    return {depth: search(tmp_path_factory.mktemp(f"depth{depth}"), depth) for depth in (0, 1)}
+    # the slow LLM only where a reply can overlap an evaluation: depth 0 waits for every one alike
+    return {depth: search(tmp_path_factory.mktemp(f"depth{depth}"), depth, LLM_DELAY_S if depth else 0.0)
+            for depth in (0, 1)}
 
 
 def verdicts(events: list[dict]) -> list[tuple[str, str]]:
@@ -142,7 +145,10 @@ def test_a_run_killed_with_a_candidate_in_flight_resumes_and_loses_nothing(tmp_p
     summary = next(e for e in events if e["type"] == "run_finished")["summary"]
     assert summary["budget_used"] == 2
     paid = paid_exchanges(events)
-    assert max(paid.values()) == 1 and len(server.served) == len(paid) and not server.errors, paid
+    # nothing answered is paid twice; a kill may still cut one request the graph sent in the ~20 ms between the
+    # kill point's trace line and SIGKILL (served, never answered to the killed process): at most one per kill
+    assert max(paid.values()) == 1 and not server.errors, paid
+    assert len(paid) <= len(server.served) <= len(paid) + len(hits), (len(server.served), len(paid))
     journal = [json.loads(line) for line in (run_dir / "llm_journal.jsonl").read_text().splitlines() if line]
     assert len(journal) == len({j["key"] for j in journal}) == len(paid)
     if agent_backend() == "docker":     # the killed legs' warm containers were reaped by the next leg

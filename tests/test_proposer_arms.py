@@ -4,7 +4,6 @@ tiny Llama; the LLM is the real client against the scripted server with NO repli
 from __future__ import annotations
 
 import pytest
-import torch
 
 from autoprune.agent.archive import write_seeds
 from autoprune.agent.config import make_config
@@ -12,23 +11,14 @@ from autoprune.agent.graph import build_graph
 from autoprune.agent.state import initial_state
 from autoprune.errors import BadInputError
 
-from agent_support import ScriptedLLM, tiny_services
-
-
-def tiny_llama_model():
-    from transformers import LlamaForCausalLM
-
-    from conftest import tiny_llama_config
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(tiny_llama_config()).eval()
+from agent_support import LEAN_FINALE, ScriptedLLM, tiny_services
+from conftest import tiny_llama_model
 
 
 @pytest.mark.parametrize("proposer", ["mutation", "random"])
 def test_trusted_arms_spend_the_budget_without_one_llm_call(tmp_path, proposer):
     llm = ScriptedLLM({})                 # no node has a reply: a request would raise in the server
-    services = tiny_services(tiny_llama_model(), tmp_path, llm, budget=2, proposer=proposer,
-                             final_baselines=[], final_allocations=["uniform"], reconstruct="none")
+    services = tiny_services(tiny_llama_model(), tmp_path, llm, budget=2, proposer=proposer, **LEAN_FINALE)
     seed_ids, records = write_seeds(services.run_dir)
     state = build_graph(services).invoke(initial_state("t", seed_ids, records), {"recursion_limit": 500})
     assert llm.requests == [] and state["llm_calls"] == 0

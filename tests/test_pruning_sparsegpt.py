@@ -82,3 +82,41 @@ def test_a_cached_factor_gives_the_uncached_update_also_with_dead_inputs():
         assert torch.all(cached[:, 3] == 0) and torch.equal(W, correlated_layer()[0])   # W itself untouched
     with pytest.raises(ValueError, match="XᵀX or its ObsFactor"):
         reconstruct(W, mask)
+
+
+def textbook_obs(W, U, mask):
+    """The fixed-mask OBS sweep as defined: one column at a time, its error pushed onto every later column."""
+    W = W.clone()
+    for j in range(W.shape[1]):
+        err = W[:, j] * (~mask[:, j]) / U[j, j]
+        W[:, j:] -= err[:, None] * U[j, j:][None, :]
+    return W * mask
+
+
+def test_the_blocked_sweep_is_the_textbook_sweep_and_the_factor_is_the_cholesky_of_the_inverse():
+    from autoprune.pruning.sparsegpt import ObsFactor, damped_inverse_hessian
+
+    W, X, stats = correlated_layer(out_features=40, in_features=300)     # blocks of 128 and 32: 3 and 10
+    X[:, 7] = 0.0
+    gram = X.T @ X
+    factor = ObsFactor.of(gram)
+    expected_U = torch.linalg.cholesky(damped_inverse_hessian(gram), upper=True)
+    assert torch.allclose(factor.U.double(), expected_U, rtol=1e-6, atol=1e-7 * float(expected_U.abs().max()))
+    mask = scores_to_mask(get_metric("wanda").score(W, stats), 0.5)
+    got = reconstruct(W, mask, factor=factor)
+    want = textbook_obs(W.double(), factor.U.double(), mask & ~factor.dead)
+    assert torch.allclose(got.double(), want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+    assert torch.equal(got != 0, mask & ~factor.dead & (got != 0)) and bool((got[:, 7] == 0).all())
+
+
+@pytest.mark.parametrize("text", ["unstructured", "2:4", "4:8"])
+def test_the_sub_block_size_changes_nothing_but_rounding(text):
+    from autoprune.pruning.sparsegpt import inverse_hessian_factor, obs_sweep
+
+    W, X, stats = correlated_layer(out_features=40, in_features=300)
+    U = inverse_hessian_factor(stats.gram, W.clone())
+    pattern = SparsityPattern.parse(text)
+    (mask1, W1), (mask32, W32) = (obs_sweep(W, U, mask=None, sparsity=0.5, pattern=pattern, inner=inner)
+                                  for inner in (1, 32))
+    assert torch.equal(mask1, mask32)
+    assert torch.allclose(W1, W32, rtol=1e-5, atol=1e-6 * float(W1.abs().max()))

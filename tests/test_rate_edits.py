@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from autoprune.agent.rates.edits import RateEdit, apply_edit, looks_like_edit, parse_edit
+from autoprune.agent.rates.edits import MAX_MOVE, RateEdit, apply_edit, looks_like_edit, parse_edit
 from autoprune.errors import BadInputError
 from autoprune.pruning.rates import RateConstraint
 
@@ -28,12 +28,17 @@ def test_parse_reads_the_step_in_its_usual_shapes():
     ("parents #0 #1", "#0 does not exist"),
     ("parents #1 #2, cut at layer 40", "outside the model"),
     ("parents #1 #2, cut at layer 3, move 0.05 from layer 38 to layer 4", "layer 38 does not exist"),
-    ("parents #1 #2, cut at layer 3, move 0.9 from layer 1 to layer 4", "out of range"),
+    ("parents #1 #2, cut at layer 3, move 0 from layer 1 to layer 4", "out of range"),
     ("parents #1 #2, cut at layer 3, move 0.1 from layer 4 to layer 4", "same layer"),
 ])
 def test_bad_steps_are_rejected_with_the_reason(reply, reason):
     with pytest.raises(BadInputError, match=reason):
         parse_edit(reply, 4, 6)
+
+
+def test_a_move_larger_than_the_maximum_is_applied_at_the_maximum():
+    edit = parse_edit("parents #1 #2, cut at layer 3, move 0.9 from layer 1 to layer 4", 4, 6)
+    assert edit.moves == ((MAX_MOVE, 1, 4),) and f"move {MAX_MOVE:g} from layer 1" in edit.describe()
 
 
 def test_apply_crosses_over_moves_and_keeps_the_constraint():

@@ -109,3 +109,19 @@ def test_cli_wanda_with_the_exact_refit(tiny_llama_dir, wikitext_dir):
     assert result["perplexity"]["pruned"] > 0
     bad = run_cli("prune", "--method", "wanda", "--sparsity", "0.5", "--reconstruct", "magic")
     assert bad.returncode == 2 and "unknown reconstruction" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_preconditioned_and_plain_cg_reach_the_closed_form_solution():
+    from autoprune.pruning.reconstruct import masked_cg, unit_hessian
+
+    W, X, stats = correlated_layer(out_features=24, in_features=80, tokens=1024)
+    mask = wanda_mask(W, stats, 0.5)
+    mask[3] = True                                   # rows with other supports stop at other iterations
+    mask[5, :70] = False
+    Hn, s, inverse = unit_hessian(stats.gram, dtype=torch.float64)
+    rhs, start = (W.double() * s) @ Hn, W.double() * s * mask
+    expected = closed_form(W, mask, damped_gram(stats.gram, DAMP))
+    for inv in (None, inverse):
+        refit = masked_cg(Hn, rhs, mask, start, rtol=1e-12, max_iter=1000, inverse=inv) / s
+        assert torch.allclose(refit, expected, rtol=1e-6, atol=1e-8)
+        assert bool((refit[~mask] == 0).all())

@@ -93,6 +93,10 @@ def test_at_most_one_block_is_in_memory_whatever_the_depth(tmp_path, layers):
     perplexity(skeleton, random_windows(2, 2), onloader=watched)               # evaluation
     export_offloaded_model(watched, None, tmp_path / "pruned", {})             # export
     assert len(watched.peaks) == 3 * layers and set(watched.peaks) == {1}
+    block_bytes = sum(p.numel() * p.element_size() for p in onloader.onload(0).parameters())
+    onloader.offload(0)
+    assert onloader.take_peaks() == {"max_blocks": 1, "peak_block_bytes": block_bytes}      # its own count agrees
+    assert onloader.take_peaks() == {"max_blocks": 0, "peak_block_bytes": 0}
 
 
 def test_bf16_offloaded_keeps_the_dtype(tmp_path):

@@ -60,8 +60,11 @@ def parse_edit(text: str, population_size: int, layers: int) -> RateEdit:
 
 
 def checked_move(amount: float, source: int, target: int, layers: int) -> tuple[float, int, int]:
-    if not 0.0 < amount <= MAX_MOVE:
+    """A move as trusted code applies it: a larger amount than MAX_MOVE is clipped to MAX_MOVE (the
+    step's direction is kept; the applied step, as `describe()` prints it, is what the trace records)."""
+    if not amount > 0.0:
         raise BadInputError(f"move {amount:g} is out of range: move between 0.01 and {MAX_MOVE}")
+    amount = min(amount, MAX_MOVE)
     for layer in (source, target):
         if not 0 <= layer < layers:
             raise BadInputError(f"layer {layer} does not exist: layers are 0 to {layers - 1}")

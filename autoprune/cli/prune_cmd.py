@@ -30,21 +30,31 @@ def prune(
                                      help="weights for the mask: none | obs (OBS update) | exact (least-squares optimum)"),
     seed: int = typer.Option(0, help="calibration sampling seed"),
     out: Optional[str] = typer.Option(None, help="export the pruned model (safetensors) here"),
+    export_format: str = typer.Option("dense", "--export-format", help="dense | compressed-tensors (the --out "
+                                      "checkpoint: sparse-24-bitmask when 2:4, else sparse-bitmask)"),
     sandbox: str = typer.Option("docker", help="sandbox backend for FILE.py: docker | process"),
+    offload: bool = typer.Option(False, "--offload", help="keep the decoder blocks in the model folder and load "
+                                 "one at a time (memory: one block; sequential, built-in methods)"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Prune a model with a baseline metric, SparseGPT, or a candidate file."""
     from autoprune.pruning.config import PruneConfig, make_config
+    from autoprune.pruning.compressed_export import check_export_format, compress_checkpoint
+    from autoprune.pruning.offload_check import check_offload
 
     config = make_config(PruneConfig, method=method, sparsity=sparsity, pattern=pattern, allocation=allocation,
                          model=model, dtype=dtype, data=data, nsamples=nsamples, seqlen=seqlen, eval_windows=eval_windows,
                          mode=mode, reconstruct=reconstruct, seed=seed, out=out, sandbox=sandbox,
-                         progress=not as_json)
+                         progress=not as_json, offload=offload)
+    check_offload(config)                       # before torch: what needs the whole model is refused at once
+    check_export_format(export_format, config.out)
     if config.is_candidate_file:
         gate_candidate_file(config.method)      # milliseconds, before the model is even loaded
     from autoprune.jobs import run_prune_job     # torch and the rest load only now that every flag is valid
 
     result = run_prune_job(config)
+    if export_format != "dense":                # the dense export, rewritten shard by shard
+        result["export"] = compress_checkpoint(config.out, config.pattern)
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
     else:
@@ -114,8 +124,13 @@ def print_prune_result(result: dict) -> None:
             ("prune time (s)", fmt(result["timings"]["total_s"], 1)),
             ("peak memory (MiB)", fmt(result["peak_rss_mb"], 0)),
             ("calibration", result["protocol"]["calibration"]), ("test", result["protocol"]["test"])]
+    for stage, peaks in result.get("offload", {}).get("stages", {}).items():
+        rows.append((f"offload: {stage.replace('_', ' ')}",
+                     f"{peaks['max_blocks']} block(s), {peaks['peak_block_bytes'] / 2**20:.1f} MiB at most"))
     if result.get("exported_to"):
         rows.append(("exported to", result["exported_to"]))
+    if result.get("export"):
+        rows.append(("export format", f"compressed-tensors {result['export']['sparsity_format']}"))
     for row in rows:
         table.add_row(*row)
     Console().print(table)

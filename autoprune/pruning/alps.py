@@ -14,7 +14,7 @@ in variables scaled to a unit-diagonal, damped H (δ = 0.01 · mean diag, Sparse
 Every few iterations ρ grows by a factor set by how much the support still moves (large
 moves: faster); ADMM stops when the support has settled. The support of the last B's
 projection is the mask; the weights on it are then the per-row least-squares optimum
-(`reconstruct.masked_cg`, warm-started from the ADMM solution).
+(`reconstruct.masked_cg`, preconditioned, warm-started from the ADMM solution).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch import Tensor
 
 from autoprune.errors import BadInputError
 from autoprune.pruning.masks import SparsityPattern, scores_to_mask
-from autoprune.pruning.reconstruct import damped_gram, masked_cg, unit_diagonal
+from autoprune.pruning.reconstruct import masked_cg, unit_hessian
 from autoprune.pruning.sparsegpt import DAMP
 from autoprune.pruning.stats import ActivationStats
 
@@ -100,11 +100,10 @@ def alps_prune(W: Tensor, gram: Tensor, sparsity: float, pattern: SparsityPatter
                damp: float = DAMP, rho: float = RHO0, max_iter: int = MAX_ITER,
                cg_iter: int = 100) -> tuple[Tensor, Tensor, dict]:
     """(keep mask, refitted weights, info) for one layer."""
-    Hn, s = unit_diagonal(damped_gram(gram, damp))
-    Hn, s = Hn.to(torch.float32), s.to(torch.float32)
+    Hn, s, inverse = unit_hessian(gram, damp)
     B0 = W.detach().to(torch.float32) * s
     mask, B, iterations = admm_support(B0, Hn, sparsity, pattern, rho=rho, max_iter=max_iter)
-    refit = masked_cg(Hn, B0 @ Hn, mask, B, max_iter=cg_iter)
+    refit = masked_cg(Hn, B0 @ Hn, mask, B, max_iter=cg_iter, inverse=inverse)
     return mask, (refit / s) * mask, {"admm_iterations": iterations}
 
 

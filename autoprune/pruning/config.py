@@ -40,6 +40,7 @@ class PruneConfig(BaseModel):
     allocation_hyper: dict = Field(default_factory=dict)
     cache_dir: Optional[str] = None
     progress: bool = True
+    offload: bool = False                 # blocks stay on disk, one in memory at a time (autoprune.pruning.onload)
 
     @field_validator("method")
     @classmethod

@@ -11,9 +11,11 @@ API (for any trusted caller, e.g. the agent's fitness service and finale):
     weights = refit_weights(model, masks, factors, "exact")   # the refitted (out, in) weights themselves
 
 The per-input work does not depend on the mask: the OBS sweep's Cholesky factor of
-(XᵀX + δI)⁻¹ and the exact refit's unit-diagonal Hessian are computed once per layer INPUT
+(XᵀX + δI)⁻¹ and the exact refit's unit-diagonal Hessian (with its inverse, the CG
+preconditioner) are computed once per layer INPUT
 (q/k/v share one XᵀX object, gate/up another: `calibration.SharedInputs`) on first use and reused
-for every later mask, so one candidate's OBS refit costs about rows × in² per layer (the sweep).
+for every later mask, so one candidate's OBS refit costs about rows × in² per layer (the sweep)
+and its exact refit a few dozen products of that size (benchmarks/results/refit_speed.md).
 Unlike the sequential loop (`loop.prune_model` with `reconstruct`), every block sees the dense
 model's inputs: cheaper, one pass, no forward passes; an approximation of what the sequential
 refit gives (benchmarks/results/fitness_levels.md measures how good).

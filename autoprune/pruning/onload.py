@@ -14,13 +14,13 @@ from __future__ import annotations
 import ctypes
 import json
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
 from autoprune.adapters import adapter_for
-from autoprune.errors import ModelLoadError
+from autoprune.errors import BadInputError, ModelLoadError
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -83,6 +83,24 @@ class BlockOnloader:
         self.prefix = adapter.blocks_path
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.peak_blocks, self.peak_bytes = 0, 0        # since the last `take_peaks`
+
+    def materialised(self) -> tuple[int, int]:
+        """(blocks holding real weights, their parameter bytes), read off the parameters themselves."""
+        real = [[p for p in block.parameters() if not p.is_meta] for block in self.blocks]
+        return sum(1 for params in real if params), sum(p.numel() * p.element_size() for ps in real for p in ps)
+
+    def skeleton_bytes(self) -> int:
+        """Bytes of the parameters outside the blocks (embeddings, final norm, head; a tied head once)."""
+        in_blocks = {id(p) for p in self.blocks.parameters()}
+        return sum(p.numel() * p.element_size() for p in self.model.parameters()
+                   if id(p) not in in_blocks and not p.is_meta)
+
+    def take_peaks(self) -> dict:
+        """The most blocks / block parameter bytes materialised at once since the last call; resets them."""
+        peaks = {"max_blocks": self.peak_blocks, "peak_block_bytes": self.peak_bytes}
+        self.peak_blocks, self.peak_bytes = 0, 0
+        return peaks
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -107,6 +125,8 @@ class BlockOnloader:
             state = {n[len(prefix):]: t for n, t in read_tensors(self.files, names, self.dtype).items()}
         expected = block.state_dict().keys()          # older checkpoints also store buffers (rotary inv_freq)
         block.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=True, assign=True)
+        blocks, size = self.materialised()
+        self.peak_blocks, self.peak_bytes = max(self.peak_blocks, blocks), max(self.peak_bytes, size)
         return block
 
     def offload(self, index: int, *, save: bool = False) -> None:
@@ -120,6 +140,28 @@ class BlockOnloader:
             tmp.replace(self.saved_block(index))
         release(block)
         return_freed_memory()
+
+
+def offload_folder(spec: Optional[str]) -> Path:
+    """The local safetensors folder that `prune --offload` reads `spec` (a `--model` value) from: the
+    embedded default's converted folder, a local folder, or a hub id's snapshot (its files fetched to
+    the hub cache as `from_pretrained` would, nothing loaded)."""
+    from autoprune.models import EMBEDDED, embedded_model_dir, first_line, named_model_source
+
+    if spec in (None, "", EMBEDDED):
+        return embedded_model_dir()
+    source, gguf_file = named_model_source(spec)
+    if gguf_file:
+        raise BadInputError(f"{spec}: offloaded loading needs a safetensors folder, not a .gguf file")
+    if Path(source).is_dir():
+        return Path(source)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
+                                                              "*.jinja"]))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not fetch model {spec!r}: {first_line(exc)}") from exc
 
 
 def open_offloaded(model_dir: Union[str, Path], work_dir: Union[str, Path], *,
