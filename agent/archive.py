@@ -21,6 +21,7 @@ from autoprune.agent.rank_equivalence import rank_signature
 from autoprune.agent.state import AgentState, CandidateRecord
 from autoprune.pruning import contract
 from autoprune.sandbox.gate import declared_group
+from autoprune.sandbox.parser_lock import parse as parse_python
 
 WANDA_ID = "seed-wanda"
 SPARSEGPT_ID = "seed-sparsegpt"
@@ -112,7 +113,7 @@ def metric_fingerprint(source: str) -> str:
     candidate, when it is written, and stored in its record (`fingerprint`).
     """
     try:
-        return _fingerprint(ast.parse(source), source)
+        return _fingerprint(parse_python(source), source)
     except (SyntaxError, RecursionError, MemoryError):
         return source.strip()
 

@@ -22,6 +22,7 @@ from typing import Literal, Mapping, Optional
 from autoprune.agent.expression import CandidateFormatError, candidate_from_expression_reply
 from autoprune.pruning import contract
 from autoprune.sandbox.gate import missing_fields_error
+from autoprune.sandbox.parser_lock import parse as parse_python
 
 CodeStyle = Literal["program", "expression", "auto"]
 _KINDS_TEXT = " or ".join(f"`{kind.signature}:` returning {kind.brief}" for kind in contract.KINDS)
@@ -53,7 +54,7 @@ def candidate_from_reply(text: str, style: str, *, hypothesis: str = "",
     if style == "expression":
         return candidate_from_expression_reply(text, hypothesis=hypothesis, offered=offered)
     source = extract_candidate(text)
-    missing = missing_fields_error(ast.parse(source), offered) if offered is not None else None
+    missing = missing_fields_error(parse_python(source), offered) if offered is not None else None
     if missing:
         raise CandidateFormatError(f"{missing}. " + CONTRACT_HINT)
     return source
@@ -68,7 +69,7 @@ def extract_candidate(text: str) -> str:
     for block in blocks:
         source = _renamed_single_function(_parseable_prefix(block))
         try:
-            parsed.append((source, ast.parse(source)))
+            parsed.append((source, parse_python(source)))
         except SyntaxError as exc:
             last_error = f"line {exc.lineno}: {exc.msg}"
     with_kind = [(s, t) for s, t in parsed if _defines_kind(t)]
@@ -98,7 +99,7 @@ def _parseable_prefix(block: str) -> str:
     for end in range(len(lines), 0, -1):
         candidate = "\n".join(lines[:end])
         try:
-            ast.parse(candidate)
+            parse_python(candidate)
             return candidate + "\n"
         except SyntaxError:
             continue
@@ -123,7 +124,7 @@ def _renamed_single_function(source: str) -> str:
     and `score` over `prune`) is renamed.
     """
     try:
-        tree = ast.parse(source)
+        tree = parse_python(source)
     except SyntaxError:
         return source
     funcs = [n for n in tree.body if isinstance(n, ast.FunctionDef)]

@@ -26,6 +26,7 @@ import numpy as np
 from autoprune.agent.expression import EVERY_FIELD, CandidateFormatError, expression_of, validate_expression
 from autoprune.agent.fitness import perplexity_of
 from autoprune.pruning import contract
+from autoprune.sandbox.parser_lock import parse as parse_python
 
 BOOTSTRAP_DRAWS = 2000
 CONFIDENCE = 0.95
@@ -57,7 +58,7 @@ def ingredients(source: str) -> Optional[frozenset[Ingredient]]:
     group = Ingredient("group", "layer") if 'GROUP = "layer"' in source or "GROUP = 'layer'" in source else None
     try:
         tree: ast.AST = (validate_expression(expression, EVERY_FIELD) if expression
-                         else _score_function(ast.parse(source)))
+                         else _score_function(parse_python(source)))
     except (CandidateFormatError, SyntaxError, ValueError, RecursionError, MemoryError):
         return None
     if tree is None:

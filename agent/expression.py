@@ -18,6 +18,7 @@ from typing import Mapping, Optional
 from autoprune.errors import LLMError
 from autoprune.pruning import contract
 from autoprune.sandbox.policy import MAX_AST_DEPTH, tree_size_error
+from autoprune.sandbox.parser_lock import parse as parse_python
 
 
 class CandidateFormatError(LLMError):
@@ -141,7 +142,7 @@ def _complete_prefixes(expr: str) -> list[str]:
     for i in reversed(cuts):
         prefix = expr[:i].rstrip(" *")
         try:
-            ast.parse(prefix, mode="eval")
+            parse_python(prefix, mode="eval")
             prefixes.append(prefix)
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             continue
@@ -181,7 +182,7 @@ def validate_expression(expr: str, offered: Optional[Mapping[str, bool]] = None)
     if len(expr) > MAX_EXPRESSION_CHARS:
         raise CandidateFormatError(too_deep)
     try:
-        tree = ast.parse(expr, mode="eval")
+        tree = parse_python(expr, mode="eval")
     except SyntaxError as exc:
         raise CandidateFormatError(f"`{expr[:120]}` is not a Python expression ({exc.msg}). "
                                    + EXPRESSION_HINT) from exc
@@ -255,7 +256,7 @@ def _check_attribute(node: ast.Attribute, fields: frozenset[str], offered: dict)
 def expression_of(source: str) -> str:
     """The scoring expression of a one-line candidate (`s = expr` template or a lone `return expr`), else ""."""
     try:
-        tree = ast.parse(source)
+        tree = parse_python(source)
     except SyntaxError:
         return ""
     score = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "score"), None)

@@ -32,6 +32,7 @@ import ast
 from typing import Optional
 
 from autoprune.pruning import contract
+from autoprune.sandbox.parser_lock import parse as parse_python
 
 Monomial = tuple[tuple[str, float], ...]       # sorted (atom, exponent), no zero exponents
 Polynomial = dict[Monomial, float]             # monomial -> coefficient
@@ -58,7 +59,7 @@ _DIGITS = 9
 def rank_signature(expression: str, group: str = "row") -> Optional[str]:
     """A string equal for expressions that rank weights alike within `group`; None if unparsable."""
     try:
-        tree = ast.parse(expression, mode="eval")
+        tree = parse_python(expression, mode="eval")
         ranked = _for_ranking(_read(tree.body))
     except (SyntaxError, RecursionError, MemoryError, ArithmeticError, ValueError):
         return None                                # hostile nesting, 1e308 ** 2: no opinion

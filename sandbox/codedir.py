@@ -29,7 +29,8 @@ TRUSTED_FILES = {
     "autoprune/pruning/pattern.py": _PACKAGE_ROOT / "pruning" / "pattern.py",
     "autoprune/pruning/profile.py": _PACKAGE_ROOT / "pruning" / "profile.py",
     **{f"autoprune/sandbox/{name}": _SANDBOX_ROOT / name
-       for name in ("protocol.py", "policy.py", "worker.py", "supervisor.py", "score_profile.py")},
+       for name in ("protocol.py", "policy.py", "parser_lock.py", "worker.py", "supervisor.py",
+                    "score_profile.py")},
 }
 STUB_PACKAGES = ("autoprune", "autoprune/pruning", "autoprune/sandbox")
 _STUB = '"""Sandbox copy: only the modules the worker needs (see autoprune.sandbox.codedir)."""\n'

@@ -15,6 +15,7 @@ from typing import Mapping, Optional
 
 from autoprune.pruning import contract
 from autoprune.sandbox.policy import MAX_SOURCE_BYTES, compile_candidate, uncompilable_error
+from autoprune.sandbox.parser_lock import parse as parse_python
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def needs_of(source: str) -> set[str]:
     """What a run must collect for `source` (the contract's `needs` of the fields it reads):
     "gram" means its bundle must carry X.gram (`write_scoring_bundle(..., with_gram=True)`)."""
     try:
-        tree = ast.parse(source)
+        tree = parse_python(source)
     except (SyntaxError, RecursionError, MemoryError, ValueError):
         return set()
     return {contract.BY_NAME[name].needs for name in fields_read(tree)} - {None}
@@ -119,7 +120,7 @@ def check_source(source: str, offered: Optional[Mapping[str, bool]] = None) -> G
         return _reject(f"source is {size} bytes, the limit is {MAX_SOURCE_BYTES}; "
                        "write a shorter candidate file")
     try:
-        tree = ast.parse(source)
+        tree = parse_python(source)
     except SyntaxError as exc:
         return _reject(f"Line {exc.lineno}: syntax error: {exc.msg}; fix the Python syntax")
     except (RecursionError, MemoryError, ValueError) as exc:   # the parser's own limits

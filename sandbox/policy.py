@@ -40,6 +40,7 @@ from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack
 from autoprune.pruning import contract
 from autoprune.pruning.contract import NAMES as CONTRACT_NAMES
 from autoprune.pruning.stats import ActivationStats
+from autoprune.sandbox.parser_lock import PARSER_LOCK, parse as parse_python
 
 MAX_SOURCE_BYTES = 64 * 1024
 MAX_AST_DEPTH = 100          # nesting of the syntax tree (a 250-term chained sum is 250 deep)
@@ -400,11 +401,12 @@ def compile_candidate(source: str, filename: str = "candidate.py"):
 
     Never raises: a source too deep or too large for the compiler is an error like any other."""
     try:
-        tree = ast.parse(source, filename)
-        too_big = tree_size_error(tree)
-        if too_big:
-            return None, [too_big]
-        result = compile_restricted_exec(source, filename=filename, policy=CandidatePolicy)
+        with PARSER_LOCK:
+            tree = parse_python(source, filename)
+            too_big = tree_size_error(tree)
+            if too_big:
+                return None, [too_big]
+            result = compile_restricted_exec(source, filename=filename, policy=CandidatePolicy)
     except SyntaxError as exc:
         return None, [f"Line {exc.lineno}: syntax error: {exc.msg}; fix the Python syntax"]
     except (RecursionError, MemoryError, ValueError) as exc:

@@ -162,6 +162,19 @@ def paid_exchanges(events: list[dict]) -> Counter:
                    and not e.get("error"))
 
 
+def assert_no_exchange_paid_twice(run_dir: Path, events: list[dict], server, *, kills: int) -> None:
+    """No LLM exchange paid twice: a request asked again after a kill is answered from the journal.
+    SIGKILL lands up to one poll (~20 ms) after the kill point's trace line, so a kill may cut the one
+    request then in flight (served, never journaled) or land between its journal line and its trace line
+    (answered from the journal on resume, never paid again): at most one exchange per kill goes unrecorded."""
+    paid = paid_exchanges(events)
+    assert max(paid.values()) == 1, paid
+    journal = [json.loads(line)["key"] for line in (run_dir / "llm_journal.jsonl").read_text().splitlines() if line]
+    assert len(journal) == len(set(journal)) and set(paid) <= set(journal) and not server.errors
+    assert len(journal) <= len(server.served) <= len(journal) + kills, (len(server.served), len(journal))
+    assert len(journal) - kills <= len(paid)
+
+
 AGENT_POINTS = [
     KillPoint("a seed's verdict (sandbox done, checkpoint not yet)", at("verdict", id="seed-ria")),
     KillPoint("the hypothesis answered", at("llm_response", node="hypothesise")),
@@ -194,12 +207,7 @@ def test_agent_run_killed_at_six_points_resumes_to_the_end_with_nothing_twice(tm
     assert submitted == list(range(1, len(submitted) + 1)) and len(submitted) == 2
     summary = next(e for e in events if e["type"] == "run_finished")["summary"]
     assert summary["budget_used"] == 2 and summary["best"]
-    # no LLM exchange paid twice: a request asked again after a kill is answered from the journal
-    paid = paid_exchanges(events)
-    assert max(paid.values()) == 1, paid
-    journal = [json.loads(line) for line in (run_dir / "llm_journal.jsonl").read_text().splitlines() if line]
-    assert len(journal) == len(paid) == len({j["key"] for j in journal})
-    assert len(server.served) == len(paid) and not server.errors
+    assert_no_exchange_paid_twice(run_dir, events, server, kills=len(hits))
 
 
 def rates_reply(body: dict) -> str:
@@ -238,5 +246,4 @@ def test_rate_search_killed_at_four_points_resumes_to_the_end_with_nothing_twice
     assert summary["evaluated"] == 3
     children = [e["id"] for e in events if e["type"] == "candidate" and not e["id"].startswith("seed-")]
     assert children == ["g1", "g2", "g3"]
-    paid = paid_exchanges(events)
-    assert max(paid.values()) == 1 and len(server.served) == len(paid) and not server.errors, paid
+    assert_no_exchange_paid_twice(run_dir, events, server, kills=len(hits))

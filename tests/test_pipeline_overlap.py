@@ -9,7 +9,6 @@ nothing is lost, nothing is evaluated or paid for twice.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,8 @@ import pytest
 from agent_support import ScriptedLLM, agent_backend, default_replies, tiny_services
 from llm_server_support import Fault, FaultyLLMServer, agent_reply
 from rates_support import small_wikitext  # noqa: F401 - a fixture
-from test_fault_kill_resume import CLI, KillPoint, assert_nothing_twice, at, events_of, kill_and_resume, paid_exchanges
+from test_fault_kill_resume import (CLI, KillPoint, assert_no_exchange_paid_twice, assert_nothing_twice, at, events_of,
+                                   kill_and_resume)
 
 from autoprune.agent.archive import write_seeds
 from autoprune.agent.state import initial_state
@@ -144,13 +144,7 @@ def test_a_run_killed_with_a_candidate_in_flight_resumes_and_loses_nothing(tmp_p
     assert submitted == [1, 2]
     summary = next(e for e in events if e["type"] == "run_finished")["summary"]
     assert summary["budget_used"] == 2
-    paid = paid_exchanges(events)
-    # nothing answered is paid twice; a kill may still cut one request the graph sent in the ~20 ms between the
-    # kill point's trace line and SIGKILL (served, never answered to the killed process): at most one per kill
-    assert max(paid.values()) == 1 and not server.errors, paid
-    assert len(paid) <= len(server.served) <= len(paid) + len(hits), (len(server.served), len(paid))
-    journal = [json.loads(line) for line in (run_dir / "llm_journal.jsonl").read_text().splitlines() if line]
-    assert len(journal) == len({j["key"] for j in journal}) == len(paid)
+    assert_no_exchange_paid_twice(run_dir, events, server, kills=len(hits))
     if agent_backend() == "docker":     # the killed legs' warm containers were reaped by the next leg
         import docker
 
