@@ -118,7 +118,16 @@ def interrupt_when_sandboxing(services, run_dir, cid: str) -> None:
     services.sandbox.run = run_then_interrupt
 
 
-def test_interrupted_run_resumes_from_the_checkpoint(tmp_path):
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own SIGINT handler for the test: a suite started in the background (`pytest &` in a
+    non-interactive shell) inherits SIGINT ignored, and then no KeyboardInterrupt would come."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_interrupted_run_resumes_from_the_checkpoint(tmp_path, ctrl_c_raises):
     from langgraph.checkpoint.sqlite import SqliteSaver
 
     model, thread = tiny_llama_model(), {"configurable": {"thread_id": "r"}, "recursion_limit": 500}
